@@ -1,0 +1,65 @@
+"""pipecat-localtts: a Pipecat TTS service that speaks with a local speech-token LM.
+
+``LocalTTSService`` runs Orpheus (a Llama emitting SNAC codec tokens) on your GPU or CPU,
+streams audio as it is decoded, and stops within one decode step on barge-in.
+Imports are lazy: importing the package loads neither Pipecat nor any weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipecat_localtts.version import __version__
+
+if TYPE_CHECKING:
+    from pipecat_localtts.chunking import AdaptiveChunker, AdaptiveTextAggregator, ChunkerConfig
+    from pipecat_localtts.engine.engine import TTSEngine
+    from pipecat_localtts.engine.sampling import GenerationParams
+    from pipecat_localtts.errors import (
+        GenerationError,
+        LocalTTSError,
+        ModelLoadError,
+        UnknownVoiceError,
+    )
+    from pipecat_localtts.models.orpheus import OrpheusModel, load_orpheus
+    from pipecat_localtts.service import LocalTTSService
+
+__all__ = [
+    "AdaptiveChunker",
+    "AdaptiveTextAggregator",
+    "ChunkerConfig",
+    "GenerationError",
+    "GenerationParams",
+    "LocalTTSError",
+    "LocalTTSService",
+    "ModelLoadError",
+    "OrpheusModel",
+    "TTSEngine",
+    "UnknownVoiceError",
+    "__version__",
+    "load_orpheus",
+]
+
+_LAZY = {
+    "AdaptiveChunker": "pipecat_localtts.chunking",
+    "AdaptiveTextAggregator": "pipecat_localtts.chunking",
+    "ChunkerConfig": "pipecat_localtts.chunking",
+    "TTSEngine": "pipecat_localtts.engine.engine",
+    "GenerationParams": "pipecat_localtts.engine.sampling",
+    "GenerationError": "pipecat_localtts.errors",
+    "LocalTTSError": "pipecat_localtts.errors",
+    "ModelLoadError": "pipecat_localtts.errors",
+    "UnknownVoiceError": "pipecat_localtts.errors",
+    "OrpheusModel": "pipecat_localtts.models.orpheus",
+    "load_orpheus": "pipecat_localtts.models.orpheus",
+    "LocalTTSService": "pipecat_localtts.service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipecat_localtts' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,328 @@
+"""The generation engine: one model, one thread, requests in, audio out.
+
+The engine owns the language model, its KV cache and the codec, and touches them only on its
+own thread. Callers ``submit()`` a request (text + voice + parameters + a sink) from any
+thread; the engine runs prefill, then one decode step at a time, parses tokens into codec
+frames, decodes frames to PCM as they complete and hands each piece to the request's sink.
+Cancellation is a flag checked before every model step, so a cancelled request runs at most
+one more step and the engine moves straight on to the next request.
+
+It knows nothing about asyncio or Pipecat: the sink decides how audio reaches its consumer
+(a blocking queue here, the event loop in the service). Requests are plain objects with their
+own state (tokens, parser, codec stream), so a later scheduler can run many of them in one
+batched decode step; today they run one after another in submission order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from loguru import logger
+
+from pipecat_localtts.engine.lm import CausalLM
+from pipecat_localtts.engine.sampling import (
+    GenerationParams,
+    apply_repetition_penalty,
+    make_generator,
+    sample_token,
+)
+from pipecat_localtts.errors import EngineClosedError, GenerationError
+from pipecat_localtts.models.orpheus import OrpheusModel, slot_token_range
+
+PROMPT_BUDGET = 512  # cache room reserved for the prompt, in tokens
+
+
+class AudioSink(Protocol):
+    """Where a request's output goes. Called on the engine thread; must not block."""
+
+    def on_audio(self, pcm: np.ndarray) -> None:
+        """A piece of float32 mono audio at the codec's sample rate."""
+
+    def on_done(self, request: Request) -> None:
+        """The request ended (see ``request.finish_reason`` and ``request.error``)."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One utterance to generate. Created by :meth:`TTSEngine.submit`."""
+
+    text: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    params: GenerationParams
+    sink: AudioSink
+    id: int = field(default_factory=itertools.count().__next__)
+    # Filled in by the engine thread:
+    tokens: list[int] = field(default_factory=list)  # generated token ids
+    steps: int = 0  # model forward passes run (prefill included)
+    audio_samples: int = 0
+    dropped_frames: int = 0
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: BaseException | None = None
+    steps_at_cancel: int | None = None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_start: float | None = None
+    t_prefilled: float | None = None
+    t_first_audio: float | None = None
+    t_done: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request; safe from any thread, idempotent."""
+        if not self._cancel.is_set():
+            self.steps_at_cancel = self.steps
+            self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        """Whether the engine has finished with this request."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine has finished with the request."""
+        return self._done.wait(timeout)
+
+
+class BlockingSink:
+    """A sink for synchronous callers: iterate it to get audio pieces as they come."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+
+    def on_audio(self, pcm: np.ndarray) -> None:
+        self._queue.put(pcm)
+
+    def on_done(self, request: Request) -> None:
+        self._queue.put((self._END, request))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, tuple) and item[0] is self._END:
+                if item[1].error is not None:
+                    raise item[1].error
+                return
+            yield item
+
+
+class TTSEngine:
+    """Runs an Orpheus-style speech model on a dedicated thread.
+
+    Args:
+        model: The loaded model (LM, tokenizer, codec).
+        max_tokens: Cache room for generated tokens; requests are capped to it.
+        frames_per_decode: Codec frames decoded per window after the first audio.
+    """
+
+    def __init__(
+        self, model: OrpheusModel, *, max_tokens: int = 2048, frames_per_decode: int = 1
+    ) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.frames_per_decode = frames_per_decode
+        self._lm = CausalLM(model.lm, max_len=PROMPT_BUDGET + max_tokens)
+        self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._active: Request | None = None
+        self._closed = False
+        self.history: deque[Request] = deque(maxlen=64)  # recently finished requests
+        self._lock = threading.Lock()
+        device = self._lm.device
+        self._seen = torch.zeros(self._lm.vocab_size, dtype=torch.bool, device=device)  # [V]
+        self._stop_ids = torch.tensor(sorted(model.stop_tokens), device=device)  # [S]
+        self._tokens_per_frame = model.codec.codes_per_frame
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the engine thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("engine was closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"localtts-engine-{self.model.name}", daemon=True
+                )
+                self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel everything, stop the thread and wait for it (idempotent)."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        active = self._active
+        if active is not None:
+            active.cancel()
+        self._queue.put(None)
+        if thread is not None:
+            thread.join(timeout)
+        # Anything still queued will never run: end it so no consumer waits forever.
+        while True:
+            try:
+                req = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                req.cancel()
+                self._finish(req, "cancelled")
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def idle(self) -> bool:
+        """No request running and none queued."""
+        return self._active is None and self._queue.empty()
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(
+        self, text: str, voice: str, params: GenerationParams, sink: AudioSink
+    ) -> Request:
+        """Queue an utterance. Raises ``UnknownVoiceError`` at once for an unknown voice."""
+        if self._closed or self._thread is None:
+            raise EngineClosedError("engine is not running; call start() first")
+        prompt = self.model.build_prompt(text, voice)
+        budget = self.model.token_budget(
+            text,
+            seconds_per_char=params.guard_seconds_per_char,
+            min_seconds=params.guard_min_seconds,
+            max_tokens=min(params.max_tokens, self.max_tokens),
+        )
+        req = Request(text=text, prompt_ids=prompt, max_new_tokens=budget, params=params, sink=sink)
+        self._queue.put(req)
+        return req
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _run(self) -> None:
+        while True:
+            req = self._queue.get()
+            if req is None:
+                return
+            if req.cancelled or self._closed:
+                req.cancel()
+                self._finish(req, "cancelled")
+                continue
+            self._active = req
+            try:
+                reason = self._generate(req)
+            except Exception as e:  # the request fails, the engine lives on
+                logger.exception(f"engine: request {req.id} failed")
+                req.error = GenerationError(f"generation failed: {type(e).__name__}: {e}")
+                req.error.__cause__ = e
+                reason = "error"
+                if self._lm.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            finally:
+                self._lm.reset()
+                self._active = None
+            self._finish(req, reason)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        req.t_done = time.perf_counter()
+        self.history.append(req)
+        req._done.set()
+        try:
+            req.sink.on_done(req)
+        except Exception:
+            logger.exception(f"engine: sink of request {req.id} failed in on_done")
+
+    def _emit(self, req: Request, pcm: np.ndarray) -> None:
+        if pcm.size == 0:
+            return
+        if req.t_first_audio is None:
+            req.t_first_audio = time.perf_counter()
+        req.audio_samples += pcm.size
+        req.sink.on_audio(pcm)
+
+    def _generate(self, req: Request) -> str:
+        """Prefill, then decode step by step until stop, budget or cancel."""
+        req.t_start = time.perf_counter()
+        params = req.params
+        model = self.model
+        lm = self._lm
+        if req.cancelled:
+            return "cancelled"
+        # 1. prefill
+        logits = lm.prefill(req.prompt_ids)  # [V]
+        req.steps += 1
+        req.t_prefilled = time.perf_counter()
+        generator = make_generator(params.seed, lm.device)
+        seen = self._seen
+        seen.zero_()
+        seen[torch.tensor(req.prompt_ids, device=lm.device)] = True
+        parser = model.new_parser()
+        stream = model.codec.stream(frames_per_decode=self.frames_per_decode)
+        max_new = min(req.max_new_tokens, lm.room)
+        # 2. one token per step
+        for position in range(max_new):
+            if req.cancelled:  # checked before every model step and every codec decode
+                break
+            token = self._sample(logits, position, seen, params, generator)
+            req.tokens.append(token)
+            if token in model.stop_tokens:
+                break
+            seen[token] = True
+            frame = parser.push(token)
+            if frame is not None:
+                self._emit(req, stream.push(np.asarray([frame], dtype=np.int64)))
+            if position == max_new - 1:
+                break
+            if req.cancelled:
+                break
+            logits = lm.step(token)  # [V]
+            req.steps += 1
+        req.dropped_frames = parser.dropped_frames
+        if req.cancelled:
+            return "cancelled"
+        # 3. end of utterance: the last frames, with truncated right context
+        self._emit(req, stream.flush())
+        return "stop" if req.tokens and req.tokens[-1] in model.stop_tokens else "length"
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        position: int,
+        seen: torch.Tensor,
+        params: GenerationParams,
+        generator: torch.Generator,
+    ) -> int:
+        """Sample the token at audio ``position`` (0 = first token after start_of_speech)."""
+        if not params.constrain_audio_tokens:
+            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+            return int(sample_token(logits, params, generator))
+        # Only the 4096 codes of this frame slot, plus the stop token at a frame boundary.
+        slot = position % self._tokens_per_frame
+        lo, hi = slot_token_range(slot)
+        if slot == 0:
+            candidates = torch.cat((logits[lo:hi], logits[self._stop_ids]))  # [4096 + S]
+            cand_seen = torch.cat((seen[lo:hi], seen[self._stop_ids]))
+        else:
+            candidates, cand_seen = logits[lo:hi], seen[lo:hi]  # [4096]
+        candidates = apply_repetition_penalty(candidates, cand_seen, params.repetition_penalty)
+        index = int(sample_token(candidates, params, generator))
+        if index < hi - lo:
+            return lo + index
+        return int(self._stop_ids[index - (hi - lo)])
+

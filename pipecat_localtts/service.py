@@ -1,0 +1,296 @@
+"""``LocalTTSService``: the Pipecat face of the local speech engine.
+
+Text from the LLM is cut by the adaptive chunker (the service's text aggregator); each chunk
+becomes an engine request; the engine thread streams PCM back to the event loop, where it is
+cut into short ``TTSAudioRawFrame``s. An interruption cancels the ``run_tts`` coroutine, and
+its ``finally`` cancels the engine request, which stops within one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    StartFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import TTSService
+from pipecat.transcriptions.language import Language
+
+from pipecat_localtts.chunking import AdaptiveTextAggregator, ChunkerConfig, is_speakable, split_text
+from pipecat_localtts.engine.engine import Request, TTSEngine
+from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
+from pipecat_localtts.models.orpheus import (
+    DEFAULT_MODEL_ID,
+    DEFAULT_VOICE,
+    ENGLISH_VOICES,
+    OrpheusModel,
+    load_orpheus,
+)
+
+
+@dataclass
+class LocalTTSSettings(TTSSettings):
+    """Runtime settings of :class:`LocalTTSService` (model, voice, language)."""
+
+
+async def _drop_unspeakable(text: str, text_type: str) -> str:
+    """Text transform: nothing to say (punctuation, emoji, whitespace) becomes no request."""
+    return text if is_speakable(text) else ""
+
+
+class _AsyncSink:
+    """Engine sink that hands audio to the event loop through an asyncio queue."""
+
+    _DONE = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.request: Request | None = None
+
+    def _put(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            if self.request is not None:
+                self.request.cancel()
+
+    def on_audio(self, pcm: np.ndarray) -> None:  # engine thread
+        self._put(pcm)
+
+    def on_done(self, request: Request) -> None:  # engine thread
+        self._put(self._DONE)
+
+    async def audio(self) -> AsyncIterator[np.ndarray]:
+        """Audio pieces until the request ends; raises the request's error, if any."""
+        while (item := await self._queue.get()) is not self._DONE:
+            yield item
+        assert self.request is not None
+        if self.request.error is not None:
+            raise self.request.error
+
+
+class LocalTTSService(TTSService):
+    """Pipecat TTS service that speaks with a local speech-token LM (Orpheus + SNAC).
+
+    Args:
+        model: Hugging Face hub id, local checkpoint directory, or a loaded
+            :class:`~pipecat_localtts.models.orpheus.OrpheusModel` (e.g. ``tiny_orpheus()``).
+        voice: Voice name (Orpheus English: tara, leah, jess, leo, dan, mia, zac, zoe).
+        device: Torch device for the model; ``None`` picks CUDA when available.
+        dtype: Weight dtype; ``None`` picks bf16 on CUDA, fp32 on CPU.
+        voices: Voices the checkpoint knows, when loading one that is not the English
+            fine-tune; ignored for a loaded model object (it carries its own).
+        params: Sampling and max-token guard (Orpheus reference defaults).
+        chunking: How LLM text is cut into chunks (first chunk fast, then sentences).
+        frames_per_decode: Codec frames decoded per window once audio flows (1 = lowest
+            latency; more = less codec work per second of audio).
+        settings: Pipecat settings delta (model/voice/language), applied over the above.
+        **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
+            Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
+            here, flushing at the end of every utterance.
+    """
+
+    Settings = LocalTTSSettings
+    _settings: LocalTTSSettings
+
+    def __init__(
+        self,
+        *,
+        model: str | OrpheusModel = DEFAULT_MODEL_ID,
+        voice: str = DEFAULT_VOICE,
+        device: str | None = None,
+        dtype: Any = None,
+        voices: Sequence[str] | None = None,
+        params: GenerationParams | None = None,
+        chunking: ChunkerConfig | None = None,
+        frames_per_decode: int = 1,
+        settings: LocalTTSSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        loaded = model if isinstance(model, OrpheusModel) else None
+        model_name = loaded.name if loaded is not None else str(model)
+        default_settings = self.Settings(model=model_name, voice=voice, language=Language.EN)
+        if settings is not None:
+            default_settings.apply_update(settings)
+        native_rate = loaded.sample_rate if loaded is not None else 24000
+        kwargs.setdefault("sample_rate", native_rate)
+        transforms = [("*", _drop_unspeakable), *(kwargs.pop("text_transforms", None) or [])]
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=default_settings,
+            text_transforms=transforms,
+            **kwargs,
+        )
+        self._chunking = chunking or ChunkerConfig()
+        self._text_aggregator = AdaptiveTextAggregator(self._chunking)
+        self._params = params or GenerationParams()
+        if frames_per_decode < 1:
+            raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
+        self._frames_per_decode = frames_per_decode
+        self._model_source = model
+        self._model: OrpheusModel | None = loaded
+        self._device = device
+        self._dtype = dtype
+        self._voices = tuple(loaded.voices if loaded is not None else (voices or ENGLISH_VOICES))
+        if self._settings.voice not in self._voices:
+            raise UnknownVoiceError(
+                f"unknown voice {self._settings.voice!r}; known voices: {', '.join(self._voices)}"
+            )
+        self._engine: TTSEngine | None = None
+        self._load_error: Exception | None = None
+        self._load_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB and usage metrics are supported."""
+        return True
+
+    @property
+    def engine(self) -> TTSEngine | None:
+        """The running engine (``None`` before :meth:`load` / ``start``)."""
+        return self._engine
+
+    @property
+    def model(self) -> OrpheusModel | None:
+        """The loaded model object, once loaded."""
+        return self._model
+
+    async def load(self) -> None:
+        """Load the model (off the event loop) and start the engine; idempotent.
+
+        Called by ``start()``; call it earlier to pay the load time before the pipeline runs.
+
+        Raises:
+            ModelLoadError: The weights could not be had.
+        """
+        async with self._load_lock:
+            if self._engine is not None and self._engine.running:
+                return
+            if self._model is None:
+                self._model = await asyncio.to_thread(
+                    load_orpheus,
+                    str(self._model_source),
+                    device=self._device,
+                    dtype=self._dtype,
+                    voices=self._voices,
+                )
+            engine = TTSEngine(
+                self._model,
+                max_tokens=self._params.max_tokens,
+                frames_per_decode=self._frames_per_decode,
+            )
+            engine.start()
+            self._engine = engine
+            if self._model.synthetic:
+                logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
+
+    async def start(self, frame: StartFrame) -> None:
+        """Start the service and load the model without blocking the event loop."""
+        await super().start(frame)
+        try:
+            await self.load()
+            self._load_error = None
+        except Exception as e:
+            self._load_error = e
+            await self.push_error(error_msg=f"{self}: {e}", exception=e)
+
+    async def stop(self, frame: EndFrame) -> None:
+        """Finish what is queued, then shut the engine down."""
+        await super().stop(frame)
+        await self._close_engine()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        """Stop at once: cancel the engine's work and shut it down."""
+        await super().cancel(frame)
+        await self._close_engine()
+
+    async def _close_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+
+    # ------------------------------------------------------------------ synthesis
+
+    def _submit(self, text: str) -> _AsyncSink:
+        if self._engine is None:
+            reason = self._load_error or "the model is not loaded"
+            raise LocalTTSError(f"cannot synthesize: {reason}")
+        sink = _AsyncSink(asyncio.get_running_loop())
+        sink.request = self._engine.submit(text, str(self._settings.voice), self._params, sink)
+        return sink
+
+    def _audio_frames(
+        self, pcm: np.ndarray, context_id: str, resampler: Any, *, last: bool = False
+    ) -> list[TTSAudioRawFrame]:
+        """float32 PCM -> int16 frames of at most one codec frame (~85 ms) each."""
+        assert self._model is not None
+        if resampler is not None:
+            pcm = resampler.resample_chunk(pcm, last=last)
+        audio = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+        step = self._model.codec.samples_per_frame * self.sample_rate // self._model.sample_rate
+        return [
+            TTSAudioRawFrame(
+                audio=audio[i : i + step].tobytes(),
+                sample_rate=self.sample_rate,
+                num_channels=1,
+                context_id=context_id,
+            )
+            for i in range(0, audio.size, step)
+        ]
+
+    def _new_resampler(self) -> Any:
+        assert self._model is not None
+        if self.sample_rate == self._model.sample_rate:
+            return None
+        import soxr
+
+        return soxr.ResampleStream(self._model.sample_rate, self.sample_rate, 1, dtype="float32")
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        """Speak ``text``: one engine request per chunk, audio streamed as it is decoded."""
+        await self.start_tts_usage_metrics(text)
+        chunks = [c for c in split_text(text, self._chunking) if is_speakable(c)]
+        if not chunks:
+            return
+        sinks: list[_AsyncSink] = []
+        first_audio = True
+        try:
+            sinks.append(self._submit(chunks[0]))
+            for i in range(len(chunks)):
+                # Queue the next chunk now so the engine goes straight on to it.
+                if i + 1 < len(chunks):
+                    sinks.append(self._submit(chunks[i + 1]))
+                resampler = self._new_resampler()
+                async for pcm in sinks[i].audio():
+                    if first_audio:
+                        await self.stop_ttfb_metrics()
+                        first_audio = False
+                    for frame in self._audio_frames(pcm, context_id, resampler):
+                        yield frame
+                if resampler is not None:  # flush the resampler: the utterance's tail
+                    empty = np.zeros(0, np.float32)
+                    for frame in self._audio_frames(empty, context_id, resampler, last=True):
+                        yield frame
+        except Exception as e:
+            logger.warning(f"{self}: {type(e).__name__}: {e}")
+            yield ErrorFrame(error=f"{self}: {e}", exception=e)
+        finally:
+            # Interruption/cancel lands here as CancelledError: stop the engine's work too.
+            for sink in sinks:
+                if sink.request is not None:
+                    sink.request.cancel()

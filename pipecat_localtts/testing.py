@@ -1,0 +1,107 @@
+"""Tiny randomly initialised models of the real architectures, for tests, demos and benchmarks.
+
+``tiny_orpheus()`` has the real Orpheus token layout (vocabulary size, special-token ids,
+audio-token offsets) with a tiny Llama and a tiny SNAC, so every code path of the real model
+runs on a CPU in milliseconds. Its audio is noise: it checks the plumbing, not the voice.
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipecat_localtts.codecs.snac import TINY_SNAC_CONFIG, SNACCodec, build_random_snac
+from pipecat_localtts.models import orpheus as o
+
+# The special tokens a Llama-3 tokenizer has at these ids (the rest of 128000..128255 are
+# reserved tokens the Orpheus prompt never uses).
+_SPECIAL_TOKENS = {
+    "<|begin_of_text|>": o.BEGIN_OF_TEXT,
+    "<|eot_id|>": o.END_OF_TEXT,
+}
+
+TINY_LLAMA = dict(
+    vocab_size=o.VOCAB_SIZE,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    bos_token_id=o.BEGIN_OF_TEXT,
+    eos_token_id=o.END_OF_SPEECH,
+    pad_token_id=o.PAD,
+)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer whose vocabulary holds Orpheus's special and audio tokens at
+    their real ids. Text is tokenized byte by byte (no merges), BOS is prepended.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # Bytes get ids 0..255; special and custom tokens sit in the model vocab at their real
+    # ids (the tokenizers library would renumber them if they were only "added" tokens).
+    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    vocab.update(_SPECIAL_TOKENS)
+    for token_id in range(o.CUSTOM_TOKEN_BASE, o.VOCAB_SIZE):
+        vocab[f"<custom_token_{token_id - o.CUSTOM_TOKEN_BASE}>"] = token_id
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(_SPECIAL_TOKENS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        special_tokens=[("<|begin_of_text|>", o.BEGIN_OF_TEXT)],
+    )
+    assert tok.token_to_id("<|begin_of_text|>") == o.BEGIN_OF_TEXT
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"
+    )
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A randomly initialised ``LlamaForCausalLM`` with Orpheus's vocabulary (fp32, eval)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**TINY_LLAMA, **overrides})
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_orpheus(seed: int = 0, device: str | None = None) -> o.OrpheusModel:
+    """A loaded Orpheus model object with tiny random weights (synthetic: its audio is noise).
+
+    Args:
+        seed: Seed of the random weights (LM and codec).
+        device: Torch device, CPU by default.
+    """
+    lm = tiny_llama(seed)
+    codec = SNACCodec(build_random_snac(TINY_SNAC_CONFIG, seed=seed), device=device or "cpu")
+    if device:
+        lm.to(device)
+    return o.OrpheusModel(
+        lm=lm, tokenizer=tiny_tokenizer(), codec=codec, name="tiny", synthetic=True
+    )
+
+
+def save_orpheus(model: o.OrpheusModel, directory: str | Path) -> Path:
+    """Write a model object as a checkpoint directory that :func:`load_orpheus` reads
+    (transformers layout, with the SNAC codec in ``<directory>/snac``)."""
+    import json
+
+    import torch
+
+    directory = Path(directory)
+    model.lm.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)
+    snac_dir = directory / "snac"
+    snac_dir.mkdir(parents=True, exist_ok=True)
+    assert model.codec.config is not None, "only codecs built by build_random_snac can be saved"
+    (snac_dir / "config.json").write_text(json.dumps(model.codec.config))
+    torch.save(model.codec.model.state_dict(), snac_dir / "pytorch_model.bin")
+    return directory

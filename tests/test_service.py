@@ -1,0 +1,298 @@
+"""LocalTTSService in real Pipecat pipelines (run_test), on the tiny random Orpheus."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import (
+    CancelFrame,
+    ErrorFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSUpdateSettingsFrame,
+)
+from pipecat.metrics.metrics import TTFBMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+
+from pipecat_localtts import LocalTTSService
+from pipecat_localtts.chunking import ChunkerConfig, split_text
+from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.errors import UnknownVoiceError
+from pipecat_localtts.testing import save_orpheus, tiny_orpheus
+
+RATE = 24000
+FRAME = 2048  # samples per codec frame
+# Short utterances keep the tests fast: random weights always run to the guard.
+QUICK = GenerationParams(seed=0, guard_seconds_per_char=0.004, guard_min_seconds=0.3)
+
+
+def make_service(**kwargs) -> LocalTTSService:
+    kwargs.setdefault("model", tiny_orpheus())
+    kwargs.setdefault("params", QUICK)
+    return LocalTTSService(**kwargs)
+
+
+def audio_frames(frames, context_id=None):
+    return [
+        f
+        for f in frames
+        if isinstance(f, TTSAudioRawFrame) and (context_id is None or f.context_id == context_id)
+    ]
+
+
+def samples(frames) -> int:
+    return sum(len(f.audio) // 2 for f in frames)
+
+
+def expected_samples(service: LocalTTSService, texts) -> int:
+    model = service.model
+    p = service._params
+    return sum(
+        model.token_budget(
+            t,
+            seconds_per_char=p.guard_seconds_per_char,
+            min_seconds=p.guard_min_seconds,
+            max_tokens=p.max_tokens,
+        )
+        // 7
+        * FRAME
+        for t in texts
+    )
+
+
+def spoken_texts(service: LocalTTSService, since: int = 0) -> list[str]:
+    return [r.text for r in list(service._history)[since:]]
+
+
+@pytest.fixture(autouse=True)
+def keep_history(monkeypatch):
+    """Keep the engine's request history after the engine is closed at EndFrame."""
+    original = LocalTTSService._close_engine
+
+    async def close_and_keep(self):
+        if self._engine is not None:
+            self._history = list(self._engine.history)
+        await original(self)
+
+    monkeypatch.setattr(LocalTTSService, "_close_engine", close_and_keep)
+
+
+def llm_turn(text: str, piece: int = 4, pause: float = 0.0):
+    frames = [LLMFullResponseStartFrame()]
+    for i in range(0, len(text), piece):
+        frames.append(LLMTextFrame(text[i : i + piece]))
+        if pause:
+            frames.append(SleepFrame(sleep=pause))
+    frames.append(LLMFullResponseEndFrame())
+    return frames
+
+
+async def test_multi_sentence_llm_turn_is_spoken_in_adaptive_chunks():
+    service = make_service()
+    text = (
+        "Sure, I can help with that. The weather today is sunny with a light breeze. "
+        "Bring a jacket for the evening."
+    )
+    down, up = await run_test(service, frames_to_send=llm_turn(text), pipeline_params=PipelineParams())
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    chunks = spoken_texts(service)
+    assert chunks == split_text(text, ChunkerConfig())
+    assert chunks[0] == "Sure, I can help with that." or len(chunks[0]) < len(text.split(".")[0]) + 1
+    assert len(chunks) >= 2
+    started = [f for f in down if isinstance(f, TTSStartedFrame)]
+    stopped = [f for f in down if isinstance(f, TTSStoppedFrame)]
+    assert len(started) == len(stopped) == 1  # one pair per LLM turn
+    audio = audio_frames(down)
+    assert audio and all(f.sample_rate == RATE and f.num_channels == 1 for f in audio)
+    assert all(len(f.audio) // 2 <= FRAME for f in audio)  # pieces of at most ~85 ms
+    assert samples(audio) == expected_samples(service, chunks)  # nothing lost, first or last
+    order = [type(f) for f in down]
+    assert order.index(TTSStartedFrame) < order.index(TTSAudioRawFrame)
+    assert max(i for i, t in enumerate(order) if t is TTSAudioRawFrame) < order.index(TTSStoppedFrame)
+
+
+async def test_first_chunk_goes_to_the_model_before_the_sentence_ends():
+    service = make_service()
+    text = "Well, let me think about that for a second because it is a long sentence indeed."
+    frames = llm_turn(text, piece=3, pause=0.01)
+    down, _ = await run_test(service, frames_to_send=frames)
+    chunks = spoken_texts(service)
+    assert chunks[0] == "Well, let me think about"  or len(chunks[0]) < len(text) // 2
+    assert "".join(chunks).replace(" ", "") == text.replace(" ", "")
+
+
+async def test_tts_speak_frame_is_spoken_as_its_own_context():
+    service = make_service()
+    down, up = await run_test(service, frames_to_send=[TTSSpeakFrame("Hello there, friend.")])
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    audio = audio_frames(down)
+    assert len({f.context_id for f in audio}) == 1
+    assert samples(audio) == expected_samples(service, ["Hello there, friend."])
+    assert [type(f) for f in down if isinstance(f, (TTSStartedFrame, TTSStoppedFrame))] == [
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    ]
+
+
+async def test_interruption_stops_audio_and_engine_and_next_turn_speaks():
+    service = make_service(params=GenerationParams(seed=0))  # long utterance: ~8 s of tokens
+    long_text = "This answer goes on and on and would take a very long time to say out loud. " * 2
+    frames = [
+        TTSSpeakFrame(long_text),
+        SleepFrame(sleep=0.6),
+        InterruptionFrame(),
+        SleepFrame(sleep=0.1),
+        TTSSpeakFrame("Okay, stopping."),
+    ]
+    down, up = await run_test(service, frames_to_send=frames)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    history = service._history
+    first, second = history[0], history[-1]
+    assert first.finish_reason == "cancelled"
+    assert first.steps - first.steps_at_cancel <= 1
+    assert len(first.tokens) < first.max_new_tokens
+    assert second.text == "Okay, stopping." and second.finish_reason == "length"
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    first_ctx = audio_frames(down[:cut])
+    assert first_ctx, "some audio of the first turn played before the interruption"
+    ctx1 = first_ctx[0].context_id
+    after = audio_frames(down[cut:])
+    assert after and all(f.context_id != ctx1 for f in after)
+    assert samples(after) == (second.audio_samples)
+
+
+async def test_cancel_frame_stops_generation_within_one_step():
+    service = make_service(params=GenerationParams(seed=0))
+    frames = [TTSSpeakFrame("A long answer that will be cancelled right in the middle of it. " * 2), SleepFrame(sleep=0.5), CancelFrame()]
+    down, _ = await run_test(service, frames_to_send=frames, send_end_frame=False)
+    req = service._history[0]
+    assert req.finish_reason == "cancelled" and req.steps - req.steps_at_cancel <= 1
+    assert service.engine is None  # shut down
+
+
+async def test_end_frame_finishes_queued_speech_then_shuts_down():
+    service = make_service()
+    texts = ["First thing to say.", "Second thing to say."]
+    down, _ = await run_test(service, frames_to_send=[TTSSpeakFrame(t) for t in texts])
+    assert samples(audio_frames(down)) == expected_samples(service, texts)
+    assert service.engine is None
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t", "...", "?!", "— ,;", "😀🎉👍", "*** ###"])
+async def test_unspeakable_text_produces_no_audio_and_no_error(text):
+    service = make_service()
+    frames = [TTSSpeakFrame(text), *llm_turn(text or " "), TTSSpeakFrame("Still working.")]
+    down, up = await run_test(service, frames_to_send=frames)
+    assert not [f for f in up + down if isinstance(f, ErrorFrame)]
+    assert spoken_texts(service) == ["Still working."]
+    assert samples(audio_frames(down)) == expected_samples(service, ["Still working."])
+
+
+def test_unknown_voice_at_construction_is_a_clear_error():
+    with pytest.raises(UnknownVoiceError, match="'nobody'"):
+        make_service(voice="nobody")
+
+
+async def test_unknown_voice_set_at_runtime_is_an_error_frame_and_pipeline_goes_on():
+    service = make_service()
+    frames = [
+        TTSUpdateSettingsFrame(delta=LocalTTSService.Settings(voice="nobody")),
+        TTSSpeakFrame("Who am I?"),
+        SleepFrame(sleep=0.2),
+        TTSUpdateSettingsFrame(delta=LocalTTSService.Settings(voice="leo")),
+        TTSSpeakFrame("I am Leo."),
+    ]
+    down, up = await run_test(service, frames_to_send=frames)
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert any("unknown voice 'nobody'" in f.error for f in errors)
+    assert spoken_texts(service) == ["I am Leo."]
+    assert samples(audio_frames(down)) == expected_samples(service, ["I am Leo."])
+
+
+async def test_model_error_becomes_error_frame_and_next_turn_works():
+    import torch
+
+    service = make_service()
+    calls = {"n": 0}
+
+    def fail_once(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = service.model.lm.lm_head.register_forward_hook(fail_once)
+    try:
+        frames = [TTSSpeakFrame("This one fails."), SleepFrame(sleep=0.3), TTSSpeakFrame("This one works.")]
+        down, up = await run_test(service, frames_to_send=frames)
+    finally:
+        handle.remove()
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "out of memory" in errors[0].error
+    assert [r.finish_reason for r in service._history] == ["error", "length"]
+    assert samples(audio_frames(down)) >= expected_samples(service, ["This one works."])
+
+
+async def test_very_long_text_is_spoken_chunk_by_chunk():
+    service = make_service(params=GenerationParams(seed=0, guard_seconds_per_char=0.0005, guard_min_seconds=0.2))
+    sentence = "Here is sentence number {} of a long reading, with a clause or two, and 3.14 in it. "
+    text = "".join(sentence.format(i) for i in range(70))
+    assert len(text) > 5000
+    down, up = await run_test(service, frames_to_send=[TTSSpeakFrame(text)])
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    chunks = spoken_texts(service)
+    assert chunks == split_text(text, ChunkerConfig())
+    assert len(chunks) > 15 and all(len(c) <= ChunkerConfig().max_chunk_chars for c in chunks)
+    assert all(r.finish_reason == "length" for r in service._history)
+    assert samples(audio_frames(down)) == expected_samples(service, chunks)
+
+
+async def test_other_output_rate_is_resampled_without_losing_the_tail():
+    service = make_service(sample_rate=16000)
+    down, _ = await run_test(service, frames_to_send=[TTSSpeakFrame("Resample me, please.")])
+    audio = audio_frames(down)
+    assert audio and all(f.sample_rate == 16000 for f in audio)
+    native = expected_samples(service, ["Resample me, please."])
+    assert abs(samples(audio) - native * 2 // 3) <= 2
+
+
+async def test_ttfb_and_usage_metrics_are_reported():
+    service = make_service()
+    down, _ = await run_test(
+        service,
+        frames_to_send=[TTSSpeakFrame("Metrics please.")],
+        pipeline_params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+    )
+    metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
+    ttfb = [d for d in metrics if isinstance(d, TTFBMetricsData)]
+    assert ttfb and all(d.value > 0 for d in ttfb)
+    assert any(type(d).__name__ == "TTSUsageMetricsData" for d in metrics)
+
+
+async def test_model_loaded_from_a_directory_in_start(tmp_path):
+    save_orpheus(tiny_orpheus(), tmp_path / "ckpt")
+    service = LocalTTSService(model=str(tmp_path / "ckpt"), device="cpu", params=QUICK)
+    assert service.model is None  # nothing loaded at construction
+    down, up = await run_test(service, frames_to_send=[TTSSpeakFrame("Loaded from disk.")], start_timeout=30)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert samples(audio_frames(down)) == expected_samples(service, ["Loaded from disk."])
+
+
+async def test_unloadable_model_reports_errors_and_keeps_the_pipeline_alive(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    service = LocalTTSService(model="canopylabs/no-such-model", device="cpu")
+    frames = [TTSSpeakFrame("Hello?"), SleepFrame(sleep=0.1), TTSSpeakFrame("Anyone?")]
+    down, up = await asyncio.wait_for(run_test(service, frames_to_send=frames, start_timeout=30), 60)
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert any("canopylabs/no-such-model" in e for e in errors)
+    assert sum("cannot synthesize" in e for e in errors) == 2
+    assert not audio_frames(down)
