@@ -127,6 +127,10 @@ class LocalTTSService(TTSService):
             default_settings.apply_update(settings)
         native_rate = loaded.sample_rate if loaded is not None else 24000
         kwargs.setdefault("sample_rate", native_rate)
+        # Every failure here is reported as an ErrorFrame, so Pipecat's detector of silently
+        # failing providers must not write the service off after a few failed turns (three
+        # turns with an unknown voice would otherwise leave it unusable after the fix).
+        kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
         transforms = [("*", _drop_unspeakable), *(kwargs.pop("text_transforms", None) or [])]
         super().__init__(
             push_start_frame=True,
@@ -264,7 +268,9 @@ class LocalTTSService(TTSService):
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Speak ``text``: one engine request per chunk, audio streamed as it is decoded."""
         await self.start_tts_usage_metrics(text)
-        chunks = [c for c in split_text(text, self._chunking) if is_speakable(c)]
+        # Aggregated LLM text is already chunked; a long TTSSpeakFrame text is not.
+        long = len(text) > self._chunking.max_chunk_chars
+        chunks = [c for c in (split_text(text, self._chunking) if long else [text]) if is_speakable(c)]
         if not chunks:
             return
         sinks: list[_AsyncSink] = []

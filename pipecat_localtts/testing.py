@@ -36,6 +36,23 @@ TINY_LLAMA = dict(
 )
 
 
+def _byte_level_chars() -> list[str]:
+    """The byte-level BPE alphabet in byte order: the character standing for byte b is at b.
+
+    Printable Latin-1 bytes stand for themselves; the others are shifted past 255.
+    (``ByteLevel.alphabet()`` is a set: its order changes from process to process.)
+    """
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    chars, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + shifted))
+            shifted += 1
+    return chars
+
+
 def tiny_tokenizer():
     """A byte-level tokenizer whose vocabulary holds Orpheus's special and audio tokens at
     their real ids. Text is tokenized byte by byte (no merges), BOS is prepended.
@@ -45,7 +62,8 @@ def tiny_tokenizer():
 
     # Bytes get ids 0..255; special and custom tokens sit in the model vocab at their real
     # ids (the tokenizers library would renumber them if they were only "added" tokens).
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    vocab = {ch: byte for byte, ch in enumerate(_byte_level_chars())}
+    assert set(vocab) == set(pre_tokenizers.ByteLevel.alphabet())
     vocab.update(_SPECIAL_TOKENS)
     for token_id in range(o.CUSTOM_TOKEN_BASE, o.VOCAB_SIZE):
         vocab[f"<custom_token_{token_id - o.CUSTOM_TOKEN_BASE}>"] = token_id

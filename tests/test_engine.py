@@ -132,9 +132,19 @@ def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(engine, model
     assert audio.size == 3 * 2048
 
 
-def test_max_token_guard_ends_a_model_that_never_stops(engine):
-    short, audio = run(engine, "Hi.", GenerationParams(seed=0))
-    longer, _ = run(engine, "This is a much longer sentence that needs more audio time. " * 2, GenerationParams(seed=0))
+def test_max_token_guard_ends_a_model_that_never_stops(engine, model):
+    def never_stop(module, inputs, output):
+        output = output.clone()
+        output[..., o.END_OF_SPEECH] = float("-inf")
+        return output
+
+    handle = model.lm.lm_head.register_forward_hook(never_stop)
+    try:
+        short, audio = run(engine, "Hi.", GenerationParams(seed=0))
+        text = "This is a much longer sentence that needs more audio time. " * 2
+        longer, _ = run(engine, text, GenerationParams(seed=0))
+    finally:
+        handle.remove()
     assert short.finish_reason == longer.finish_reason == "length"
     assert len(short.tokens) == short.max_new_tokens == 24 * 7
     assert len(longer.tokens) == longer.max_new_tokens > 2 * len(short.tokens)

@@ -26,8 +26,10 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from pipecat_localtts import LocalTTSService
 from pipecat_localtts.chunking import ChunkerConfig, split_text
+from pipecat_localtts.engine.engine import TTSEngine
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import UnknownVoiceError
+from pipecat_localtts.models.orpheus import END_OF_SPEECH
 from pipecat_localtts.testing import save_orpheus, tiny_orpheus
 
 RATE = 24000
@@ -54,37 +56,33 @@ def samples(frames) -> int:
     return sum(len(f.audio) // 2 for f in frames)
 
 
-def expected_samples(service: LocalTTSService, texts) -> int:
-    model = service.model
-    p = service._params
-    return sum(
-        model.token_budget(
-            t,
-            seconds_per_char=p.guard_seconds_per_char,
-            min_seconds=p.guard_min_seconds,
-            max_tokens=p.max_tokens,
-        )
-        // 7
-        * FRAME
-        for t in texts
-    )
+def generated_samples(requests) -> int:
+    """Samples the codec must have produced for these requests: every whole frame."""
+    frames = sum(len([t for t in r.tokens if t != END_OF_SPEECH]) // 7 for r in requests)
+    return frames * FRAME
 
 
-def spoken_texts(service: LocalTTSService, since: int = 0) -> list[str]:
-    return [r.text for r in list(service._history)[since:]]
+def spoken_texts(service: LocalTTSService) -> list[str]:
+    return [r.text for r in service._history]
 
 
 @pytest.fixture(autouse=True)
-def keep_history(monkeypatch):
-    """Keep the engine's request history after the engine is closed at EndFrame."""
-    original = LocalTTSService._close_engine
+def record_requests(monkeypatch):
+    """Record every request each engine finishes, on its service (``service._history``)."""
+    original = TTSEngine.__init__
 
-    async def close_and_keep(self):
-        if self._engine is not None:
-            self._history = list(self._engine.history)
-        await original(self)
+    def init_and_record(self, model, **kwargs):
+        original(self, model, **kwargs)
+        self.history = []  # unbounded for the test
 
-    monkeypatch.setattr(LocalTTSService, "_close_engine", close_and_keep)
+    monkeypatch.setattr(TTSEngine, "__init__", init_and_record)
+    original_load = LocalTTSService.load
+
+    async def load_and_share(self):
+        await original_load(self)
+        self._history = self._engine.history
+
+    monkeypatch.setattr(LocalTTSService, "load", load_and_share)
 
 
 def llm_turn(text: str, piece: int = 4, pause: float = 0.0):
@@ -106,16 +104,19 @@ async def test_multi_sentence_llm_turn_is_spoken_in_adaptive_chunks():
     down, up = await run_test(service, frames_to_send=llm_turn(text), pipeline_params=PipelineParams())
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     chunks = spoken_texts(service)
-    assert chunks == split_text(text, ChunkerConfig())
-    assert chunks[0] == "Sure, I can help with that." or len(chunks[0]) < len(text.split(".")[0]) + 1
-    assert len(chunks) >= 2
+    # "Sure," alone is too short a first chunk; the short last sentence waits for the flush.
+    assert chunks == [
+        "Sure, I can help with that.",
+        "The weather today is sunny with a light breeze.",
+        "Bring a jacket for the evening.",
+    ]
     started = [f for f in down if isinstance(f, TTSStartedFrame)]
     stopped = [f for f in down if isinstance(f, TTSStoppedFrame)]
     assert len(started) == len(stopped) == 1  # one pair per LLM turn
     audio = audio_frames(down)
     assert audio and all(f.sample_rate == RATE and f.num_channels == 1 for f in audio)
     assert all(len(f.audio) // 2 <= FRAME for f in audio)  # pieces of at most ~85 ms
-    assert samples(audio) == expected_samples(service, chunks)  # nothing lost, first or last
+    assert samples(audio) == generated_samples(service._history)  # nothing lost, first or last
     order = [type(f) for f in down]
     assert order.index(TTSStartedFrame) < order.index(TTSAudioRawFrame)
     assert max(i for i, t in enumerate(order) if t is TTSAudioRawFrame) < order.index(TTSStoppedFrame)
@@ -137,7 +138,7 @@ async def test_tts_speak_frame_is_spoken_as_its_own_context():
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     audio = audio_frames(down)
     assert len({f.context_id for f in audio}) == 1
-    assert samples(audio) == expected_samples(service, ["Hello there, friend."])
+    assert samples(audio) == generated_samples(service._history)
     assert [type(f) for f in down if isinstance(f, (TTSStartedFrame, TTSStoppedFrame))] == [
         TTSStartedFrame,
         TTSStoppedFrame,
@@ -161,7 +162,7 @@ async def test_interruption_stops_audio_and_engine_and_next_turn_speaks():
     assert first.finish_reason == "cancelled"
     assert first.steps - first.steps_at_cancel <= 1
     assert len(first.tokens) < first.max_new_tokens
-    assert second.text == "Okay, stopping." and second.finish_reason == "length"
+    assert second.text == "Okay, stopping." and second.finish_reason in ("length", "stop")
     cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     first_ctx = audio_frames(down[:cut])
     assert first_ctx, "some audio of the first turn played before the interruption"
@@ -184,7 +185,7 @@ async def test_end_frame_finishes_queued_speech_then_shuts_down():
     service = make_service()
     texts = ["First thing to say.", "Second thing to say."]
     down, _ = await run_test(service, frames_to_send=[TTSSpeakFrame(t) for t in texts])
-    assert samples(audio_frames(down)) == expected_samples(service, texts)
+    assert samples(audio_frames(down)) == generated_samples(service._history)
     assert service.engine is None
 
 
@@ -195,7 +196,7 @@ async def test_unspeakable_text_produces_no_audio_and_no_error(text):
     down, up = await run_test(service, frames_to_send=frames)
     assert not [f for f in up + down if isinstance(f, ErrorFrame)]
     assert spoken_texts(service) == ["Still working."]
-    assert samples(audio_frames(down)) == expected_samples(service, ["Still working."])
+    assert samples(audio_frames(down)) == generated_samples(service._history)
 
 
 def test_unknown_voice_at_construction_is_a_clear_error():
@@ -216,7 +217,7 @@ async def test_unknown_voice_set_at_runtime_is_an_error_frame_and_pipeline_goes_
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     assert any("unknown voice 'nobody'" in f.error for f in errors)
     assert spoken_texts(service) == ["I am Leo."]
-    assert samples(audio_frames(down)) == expected_samples(service, ["I am Leo."])
+    assert samples(audio_frames(down)) == generated_samples(service._history)
 
 
 async def test_model_error_becomes_error_frame_and_next_turn_works():
@@ -237,9 +238,11 @@ async def test_model_error_becomes_error_frame_and_next_turn_works():
     finally:
         handle.remove()
     errors = [f for f in up if isinstance(f, ErrorFrame)]
-    assert len(errors) == 1 and "out of memory" in errors[0].error
-    assert [r.finish_reason for r in service._history] == ["error", "length"]
-    assert samples(audio_frames(down)) >= expected_samples(service, ["This one works."])
+    # Ours first; Pipecat then also reports the context that ended without audio.
+    assert "out of memory" in errors[0].error
+    assert [r.finish_reason for r in service._history][0] == "error"
+    assert service._history[1].finish_reason in ("length", "stop")
+    assert samples(audio_frames(down)) == generated_samples(service._history) > 0
 
 
 async def test_very_long_text_is_spoken_chunk_by_chunk():
@@ -252,8 +255,8 @@ async def test_very_long_text_is_spoken_chunk_by_chunk():
     chunks = spoken_texts(service)
     assert chunks == split_text(text, ChunkerConfig())
     assert len(chunks) > 15 and all(len(c) <= ChunkerConfig().max_chunk_chars for c in chunks)
-    assert all(r.finish_reason == "length" for r in service._history)
-    assert samples(audio_frames(down)) == expected_samples(service, chunks)
+    assert all(r.finish_reason in ("length", "stop") for r in service._history)
+    assert samples(audio_frames(down)) == generated_samples(service._history)
 
 
 async def test_other_output_rate_is_resampled_without_losing_the_tail():
@@ -261,7 +264,7 @@ async def test_other_output_rate_is_resampled_without_losing_the_tail():
     down, _ = await run_test(service, frames_to_send=[TTSSpeakFrame("Resample me, please.")])
     audio = audio_frames(down)
     assert audio and all(f.sample_rate == 16000 for f in audio)
-    native = expected_samples(service, ["Resample me, please."])
+    native = generated_samples(service._history)
     assert abs(samples(audio) - native * 2 // 3) <= 2
 
 
@@ -274,7 +277,7 @@ async def test_ttfb_and_usage_metrics_are_reported():
     )
     metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
     ttfb = [d for d in metrics if isinstance(d, TTFBMetricsData)]
-    assert ttfb and all(d.value > 0 for d in ttfb)
+    assert any(d.value > 0 and d.model == "tiny" for d in ttfb)
     assert any(type(d).__name__ == "TTSUsageMetricsData" for d in metrics)
 
 
@@ -284,7 +287,7 @@ async def test_model_loaded_from_a_directory_in_start(tmp_path):
     assert service.model is None  # nothing loaded at construction
     down, up = await run_test(service, frames_to_send=[TTSSpeakFrame("Loaded from disk.")], start_timeout=30)
     assert not [f for f in up if isinstance(f, ErrorFrame)]
-    assert samples(audio_frames(down)) == expected_samples(service, ["Loaded from disk."])
+    assert samples(audio_frames(down)) == generated_samples(service._history)
 
 
 async def test_unloadable_model_reports_errors_and_keeps_the_pipeline_alive(monkeypatch, tmp_path):

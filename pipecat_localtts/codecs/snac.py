@@ -358,7 +358,7 @@ def load_snac(
             where = "hub id"
         offline = " (offline mode: only the local cache was searched)" if local_files_only else ""
         raise ModelLoadError(
-            f"could not load SNAC codec from {where} {name_or_dir!r}{offline}: {type(e).__name__}: {str(e).rstrip('. ')}. "
+            f"could not load SNAC codec from {where} {name_or_dir!r}{offline}: {type(e).__name__}: {' '.join(str(e).split()).rstrip('. ')}. "
             f"To use weights already on disk, {hint}."
         ) from e
     return model

@@ -289,7 +289,8 @@ def load_orpheus(
         tokenizer = AutoTokenizer.from_pretrained(model, **offline)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **offline)
     except Exception as e:
-        raise ModelLoadError(f"{_load_hint(model)} ({type(e).__name__}: {e})") from e
+        cause = " ".join(str(e).split())  # one line: the CLI prints it as its only message
+        raise ModelLoadError(f"{_load_hint(model)} ({type(e).__name__}: {cause})") from e
     lm.to(dev).eval()
     if lm.config.vocab_size != VOCAB_SIZE:
         logger.warning(

@@ -1,0 +1,57 @@
+"""The console script: ``pipecat-localtts say``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import wave
+
+from pipecat_localtts.cli import main
+
+
+def test_say_with_tiny_model_writes_a_24khz_mono_wav(tmp_path, capsys):
+    out = tmp_path / "hello.wav"
+    assert main(["say", "Hello there, world.", "--out", str(out), "--model", "tiny", "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "synthetic" in err and "noise" in err
+    with wave.open(str(out)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+        frames = wav.getnframes()
+        pcm = wav.readframes(frames)
+    # The max-token guard gives whole frames of 2048 samples; random weights run to it.
+    assert frames > 0 and frames % 2048 == 0
+    assert any(pcm)  # not silence
+
+
+def test_say_is_reproducible_with_a_seed(tmp_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    for out in (a, b):
+        assert main(["say", "Same words.", "--out", str(out), "--model", "tiny", "--seed", "7"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_unknown_voice_is_one_clear_line(tmp_path, capsys):
+    assert main(["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--model", "tiny", "--voice", "bob"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: unknown voice 'bob'")
+
+
+def test_unavailable_weights_exit_nonzero_with_one_clear_message(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipecat_localtts.cli", "say", "Hello.", "--out", str(tmp_path / "x.wav"),
+         "--model", "canopylabs/orpheus-3b-0.1-ft"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "canopylabs/orpheus-3b-0.1-ft" in lines[0] and "--model DIR" in lines[0]
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run(["pipecat-localtts", "say", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--model" in proc.stdout
