@@ -23,7 +23,7 @@ class GenerationParams:
     constrain_audio_tokens: bool = True  # sample only tokens valid at the frame slot (+ stop)
     guard_seconds_per_char: float = 0.15  # max-token guard: audio seconds allowed per character
     guard_min_seconds: float = 2.0  # max-token guard floor for very short texts
-    max_tokens: int = 4096  # absolute cap of generated tokens per utterance
+    max_tokens: int = 2048  # absolute cap of generated tokens per utterance
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtual environment in .venv with torch and this
+# package (with its test tools). Safe to run again: it only installs what is missing.
+#   TORCH_SPEC   torch requirement to install first (default torch==2.13.0; on a CUDA machine
+#                the PyPI wheel of that version includes CUDA)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
+python -m pip install --quiet -e ".[dev]"
