@@ -299,3 +299,43 @@ async def test_unloadable_model_reports_errors_and_keeps_the_pipeline_alive(monk
     assert any("canopylabs/no-such-model" in e for e in errors)
     assert sum("cannot synthesize" in e for e in errors) == 2
     assert not audio_frames(down)
+
+
+async def test_interrupted_llm_turn_leaves_nothing_behind_for_the_next_turn():
+    service = make_service(params=GenerationParams(seed=0))  # long utterances
+    first = "Let me tell you a very long story about the sea, the wind and the old lighthouse keeper."
+    second = "Sure, here is a short answer. It is yes."
+    # Turn 1 streams slowly and is interrupted while its text is still partly buffered.
+    frames = [*llm_turn(first, piece=6, pause=0.05)[:-1]]  # no end frame: the LLM is cut off
+    frames = frames[: len(frames) // 2]
+    frames += [SleepFrame(sleep=0.3), InterruptionFrame(), SleepFrame(sleep=0.05)]
+    frames += llm_turn(second)
+    down, up = await run_test(service, frames_to_send=frames)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    history = service._history
+    cancelled = [r for r in history if r.finish_reason == "cancelled"]
+    assert cancelled and all(r.steps - r.steps_at_cancel <= 1 for r in cancelled if r.steps_at_cancel)
+    turn2 = [r.text for r in history if r.finish_reason != "cancelled"]
+    # The buffered rest of turn 1 was dropped, not spoken at the start of turn 2.
+    assert turn2 == ["Sure, here is a short answer.", "It is yes."]
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    turn1_contexts = {f.context_id for f in audio_frames(down[:cut])}
+    after = audio_frames(down[cut:])
+    assert turn1_contexts and after and not turn1_contexts & {f.context_id for f in after}
+    assert samples(after) == generated_samples([r for r in history if r.finish_reason != "cancelled"])
+
+
+async def test_repeated_failures_never_write_the_service_off():
+    # Contexts that end without audio are closed after stop_frame_timeout_s; wait for that
+    # each time, so Pipecat has counted every silent context before the next one.
+    service = make_service(stop_frame_timeout_s=0.5)
+    bad = [TTSUpdateSettingsFrame(delta=LocalTTSService.Settings(voice="nobody"))]
+    for i in range(4):
+        bad += [TTSSpeakFrame(f"Attempt {i}."), SleepFrame(sleep=0.8)]
+    fixed = [TTSUpdateSettingsFrame(delta=LocalTTSService.Settings(voice="zoe")), TTSSpeakFrame("Fixed now.")]
+    down, up = await run_test(service, frames_to_send=bad + fixed)
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert sum("unknown voice" in f.error for f in errors) == 4
+    assert not any(f.fatal for f in errors)
+    assert spoken_texts(service) == ["Fixed now."]
+    assert samples(audio_frames(down)) == generated_samples(service._history) > 0
