@@ -71,67 +71,19 @@ __all__ = [
     "split_text",
 ]
 
-#: Abbreviations (lower case, with their final period) whose period never ends
-#: a sentence. Dotted letter sequences such as "U.S.A." or "e.g." and single
-#: capital initials ("J.") are recognised by pattern in addition to this set.
-ABBREVIATIONS: Final[frozenset[str]] = frozenset(
-    {
-        # Titles and name suffixes.
-        "mr.",
-        "mrs.",
-        "ms.",
-        "dr.",
-        "prof.",
-        "st.",
-        "mt.",
-        "rev.",
-        "hon.",
-        "gen.",
-        "col.",
-        "capt.",
-        "lt.",
-        "sgt.",
-        "jr.",
-        "sr.",
-        # Latin and common short forms.
-        "vs.",
-        "etc.",
-        "e.g.",
-        "i.e.",
-        "cf.",
-        "approx.",
-        "dept.",
-        "inc.",
-        "ltd.",
-        "corp.",
-        # Places and times (also matched by the dotted-letters pattern).
-        "u.s.",
-        "u.k.",
-        "a.m.",
-        "p.m.",
-    }
-)
-
 #: Abbreviations that belong to the word after them ("Dr. Smith"): no cut of
 #: any kind is made between them and the next word. Single capital initials
 #: ("J.") bind the same way.
 BINDING_ABBREVIATIONS: Final[frozenset[str]] = frozenset(
-    {
-        "mr.",
-        "mrs.",
-        "ms.",
-        "dr.",
-        "prof.",
-        "st.",
-        "mt.",
-        "rev.",
-        "hon.",
-        "gen.",
-        "col.",
-        "capt.",
-        "lt.",
-        "sgt.",
-    }
+    "mr. mrs. ms. dr. prof. st. mt. rev. hon. gen. col. capt. lt. sgt.".split()
+)
+
+#: Abbreviations (lower case, with their final period) whose period never ends
+#: a sentence: the titles above, name suffixes, Latin and common short forms,
+#: places and times. Dotted letter sequences such as "U.S.A." or "e.g." and
+#: single capital initials ("J.") are recognised by pattern in addition to this set.
+ABBREVIATIONS: Final[frozenset[str]] = BINDING_ABBREVIATIONS | frozenset(
+    "jr. sr. vs. etc. e.g. i.e. cf. approx. dept. inc. ltd. corp. u.s. u.k. a.m. p.m.".split()
 )
 
 #: The longest ``<...>`` span, brackets included, taken as a tag. Longer spans
