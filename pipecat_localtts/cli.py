@@ -49,6 +49,11 @@ def _say(args: argparse.Namespace) -> int:
     from pipecat_localtts.models.orpheus import load_orpheus
     from pipecat_localtts.testing import tiny_orpheus
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LocalTTSError("--device cuda: no CUDA device is available here; use --device cpu")
     if args.model == TINY:
         print(
             "note: --model tiny is a synthetic model with random weights: the audio is noise, "

@@ -55,3 +55,11 @@ def test_unavailable_weights_exit_nonzero_with_one_clear_message(tmp_path):
 def test_console_script_is_installed():
     proc = subprocess.run(["pipecat-localtts", "say", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--model" in proc.stdout
+
+
+def test_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--model", "tiny", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --device cuda")
