@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if args.verbose else "WARNING")
+    # Resolve sys.stderr at each write, so a replaced stream (tests, wrappers) is followed.
+    logger.add(lambda message: sys.stderr.write(message), level="DEBUG" if args.verbose else "WARNING")
     try:
         return _say(args)
     except LocalTTSError as e:

@@ -97,6 +97,7 @@ class LocalTTSService(TTSService):
         chunking: How LLM text is cut into chunks (first chunk fast, then sentences).
         frames_per_decode: Codec frames decoded per window once audio flows (1 = lowest
             latency; more = less codec work per second of audio).
+        compile: Compile the one-token decode step with CUDA graphs (``None``: on CUDA).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -117,6 +118,7 @@ class LocalTTSService(TTSService):
         params: GenerationParams | None = None,
         chunking: ChunkerConfig | None = None,
         frames_per_decode: int = 1,
+        compile: bool | None = None,
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -145,6 +147,7 @@ class LocalTTSService(TTSService):
         if frames_per_decode < 1:
             raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
         self._frames_per_decode = frames_per_decode
+        self._compile = compile
         self._model_source = model
         self._model: OrpheusModel | None = loaded
         self._device = device
@@ -193,15 +196,20 @@ class LocalTTSService(TTSService):
                     dtype=self._dtype,
                     voices=self._voices,
                 )
-            engine = TTSEngine(
-                self._model,
-                max_tokens=self._params.max_tokens,
-                frames_per_decode=self._frames_per_decode,
-            )
-            engine.start()
-            self._engine = engine
+            self._engine = await asyncio.to_thread(self._start_engine, self._model)
             if self._model.synthetic:
                 logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
+
+    def _start_engine(self, model: OrpheusModel) -> TTSEngine:
+        """Build the engine and warm it up (compile, kernel selection): blocking."""
+        engine = TTSEngine(
+            model,
+            max_tokens=self._params.max_tokens,
+            frames_per_decode=self._frames_per_decode,
+            compile=self._compile,
+        )
+        engine.start()
+        return engine
 
     async def start(self, frame: StartFrame) -> None:
         """Start the service and load the model without blocking the event loop."""

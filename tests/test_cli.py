@@ -7,7 +7,18 @@ import subprocess
 import sys
 import wave
 
+import pytest
+from loguru import logger
+
 from pipecat_localtts.cli import main
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() configures loguru for the command line; give other tests the default back."""
+    yield
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message))
 
 
 def test_say_with_tiny_model_writes_a_24khz_mono_wav(tmp_path, capsys):

@@ -31,6 +31,15 @@ def engine(model):
     eng.close()
 
 
+@pytest.fixture
+def full_head_engine(model):
+    """An engine that runs the model's own output layer, so lm_head hooks see every step."""
+    eng = TTSEngine(model, max_tokens=512, restrict_head=False)
+    eng.start()
+    yield eng
+    eng.close()
+
+
 def run(engine: TTSEngine, text: str, params: GenerationParams, voice: str = "tara"):
     sink = BlockingSink()
     req = engine.submit(text, voice, params, sink)
@@ -110,7 +119,8 @@ def test_seeded_sampling_is_reproducible(engine):
     assert c.tokens != a.tokens
 
 
-def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(engine, model):
+def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(full_head_engine, model):
+    engine = full_head_engine
     calls = {"n": 0}
 
     def favour_stop(module, inputs, output):
@@ -132,7 +142,8 @@ def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(engine, model
     assert audio.size == 3 * 2048
 
 
-def test_max_token_guard_ends_a_model_that_never_stops(engine, model):
+def test_max_token_guard_ends_a_model_that_never_stops(full_head_engine, model):
+    engine = full_head_engine
     def never_stop(module, inputs, output):
         output = output.clone()
         output[..., o.END_OF_SPEECH] = float("-inf")
@@ -162,7 +173,7 @@ def slow_model(model, seconds=0.004):
     def hook(module, inputs, output):
         time.sleep(seconds)
 
-    return model.lm.lm_head.register_forward_hook(hook)
+    return model.lm.model.register_forward_hook(hook)
 
 
 @pytest.mark.parametrize("cancel_after_pieces", [1, 3])
@@ -215,7 +226,7 @@ def test_model_failure_becomes_a_request_error_and_the_engine_lives_on(engine, m
     def explode(module, inputs, output):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    handle = model.lm.lm_head.register_forward_hook(explode)
+    handle = model.lm.model.register_forward_hook(explode)
     sink = BlockingSink()
     req = engine.submit("Boom.", "tara", GREEDY, sink)
     with pytest.raises(GenerationError, match="out of memory"):

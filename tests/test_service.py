@@ -224,16 +224,22 @@ async def test_model_error_becomes_error_frame_and_next_turn_works():
     import torch
 
     service = make_service()
-    calls = {"n": 0}
+    failing_prompt = len(service.model.build_prompt("This one fails.", "tara"))
+    steps = {"n": 0}
 
-    def fail_once(module, inputs, output):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    def fail_in_third_step(module, args, kwargs, output):
+        # The model runs out of memory a few steps into this request only.
+        if kwargs["input_ids"].shape[1] == failing_prompt:
+            steps["n"] = 1
+        elif steps["n"]:
+            steps["n"] += 1
+            if steps["n"] == 3:
+                steps["n"] = 0
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    handle = service.model.lm.lm_head.register_forward_hook(fail_once)
+    handle = service.model.lm.model.register_forward_hook(fail_in_third_step, with_kwargs=True)
     try:
-        frames = [TTSSpeakFrame("This one fails."), SleepFrame(sleep=0.3), TTSSpeakFrame("This one works.")]
+        frames = [TTSSpeakFrame("This one fails."), SleepFrame(sleep=0.3), TTSSpeakFrame("And this one works fine.")]
         down, up = await run_test(service, frames_to_send=frames)
     finally:
         handle.remove()

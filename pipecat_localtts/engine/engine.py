@@ -72,8 +72,11 @@ class Request:
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float | None = None
     t_prefilled: float | None = None
+    t_first_window: float | None = None  # the codec decode that gave the first audio began
     t_first_audio: float | None = None
     t_done: float | None = None
+    lm_seconds: float = 0.0  # time in model steps and sampling (prefill excluded)
+    codec_seconds: float = 0.0  # time in codec decodes
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -129,38 +132,80 @@ class TTSEngine:
         model: The loaded model (LM, tokenizer, codec).
         max_tokens: Cache room for generated tokens; requests are capped to it.
         frames_per_decode: Codec frames decoded per window after the first audio.
+        compile: Compile the one-token step (``None``: on CUDA only).
+        compile_backend: ``torch.compile`` backend ("inductor"; "eager" for tracing tests).
+        restrict_head: With constrained sampling, compute only the logits of the tokens valid
+            at the frame slot (the same values, a fraction of the work). False runs the
+            model's full output layer every step.
     """
 
     def __init__(
-        self, model: OrpheusModel, *, max_tokens: int = 2048, frames_per_decode: int = 1
+        self,
+        model: OrpheusModel,
+        *,
+        max_tokens: int = 2048,
+        frames_per_decode: int = 1,
+        compile: bool | None = None,
+        compile_backend: str = "inductor",
+        restrict_head: bool = True,
     ) -> None:
         self.model = model
+        self.restrict_head = restrict_head
         self.max_tokens = max_tokens
         self.frames_per_decode = frames_per_decode
-        self._lm = CausalLM(model.lm, max_len=PROMPT_BUDGET + max_tokens)
+        self._lm = CausalLM(
+            model.lm,
+            max_len=PROMPT_BUDGET + max_tokens,
+            compile=compile,
+            compile_backend=compile_backend,
+        )
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._active: Request | None = None
         self._closed = False
         self.history: deque[Request] = deque(maxlen=64)  # recently finished requests
         self._lock = threading.Lock()
+        self._warm = threading.Event()
+        self._warm_error: BaseException | None = None
         device = self._lm.device
         self._seen = torch.zeros(self._lm.vocab_size, dtype=torch.bool, device=device)  # [V]
         self._stop_ids = torch.tensor(sorted(model.stop_tokens), device=device)  # [S]
         self._tokens_per_frame = model.codec.codes_per_frame
+        # Per frame slot: the output-projection rows of its valid tokens (the stop token joins
+        # slot 0, a frame boundary). Views for slots 1.., one small copy for slot 0.
+        self._slot_ranges = [slot_token_range(slot) for slot in range(self._tokens_per_frame)]
+        self._slot_heads = []
+        for slot, (lo, hi) in enumerate(self._slot_ranges):
+            if slot == 0:
+                rows = torch.cat((torch.arange(lo, hi, device=device), self._stop_ids))
+                self._slot_heads.append(self._lm.head_rows(rows))
+            else:
+                self._slot_heads.append(self._lm.head_rows(slice(lo, hi)))
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Start the engine thread (idempotent)."""
+    def start(self, *, warm_up: bool = True) -> None:
+        """Start the engine thread (idempotent) and wait for its warm-up.
+
+        The warm-up runs on the engine thread before any request: it checks the split LM
+        head against the model's own forward and generates a short utterance, so kernel
+        selection, compilation and CUDA-graph capture happen now, not in the first turn.
+        Blocks: call it off the event loop.
+        """
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine was closed")
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name=f"localtts-engine-{self.model.name}", daemon=True
+                    target=self._run,
+                    args=(warm_up,),
+                    name=f"localtts-engine-{self.model.name}",
+                    daemon=True,
                 )
                 self._thread.start()
+        self._warm.wait()
+        if self._warm_error is not None:
+            raise GenerationError(f"engine warm-up failed: {self._warm_error}") from self._warm_error
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the thread and wait for it (idempotent)."""
@@ -214,7 +259,38 @@ class TTSEngine:
 
     # ------------------------------------------------------------------ engine thread
 
-    def _run(self) -> None:
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        t0 = time.perf_counter()
+        model = self.model
+        logger.info(f"engine: warming up {model.name} on {self._lm.device}")
+        prompt = model.build_prompt("Warming up.", model.voices[0])
+        self._lm.check_head(prompt)
+        frames = 2 * model.codec.context_frames + 2
+        params = GenerationParams(seed=0, max_tokens=frames * self._tokens_per_frame)
+        passes = 3 if self._lm.compiled else 1  # compile, then capture, then replay
+        for i in range(passes):
+            req = Request(
+                text="Warming up.",
+                prompt_ids=prompt,
+                max_new_tokens=params.max_tokens,
+                params=params,
+                sink=_NullSink(),
+            )
+            self._generate(req)
+            self._lm.reset()
+            logger.info(f"engine: warm-up pass {i + 1}/{passes} done ({time.perf_counter() - t0:.1f} s)")
+
+    def _run(self, warm_up: bool) -> None:
+        try:
+            if warm_up:
+                self._warm_up()
+        except Exception as e:
+            logger.exception("engine: warm-up failed")
+            self._warm_error = e
+            self._warm.set()
+            return
+        self._warm.set()
         while True:
             req = self._queue.get()
             if req is None:
@@ -256,6 +332,7 @@ class TTSEngine:
         req.audio_samples += pcm.size
         req.sink.on_audio(pcm)
 
+    @torch.inference_mode()
     def _generate(self, req: Request) -> str:
         """Prefill, then decode step by step until stop, budget or cancel."""
         req.t_start = time.perf_counter()
@@ -265,7 +342,7 @@ class TTSEngine:
         if req.cancelled:
             return "cancelled"
         # 1. prefill
-        logits = lm.prefill(req.prompt_ids)  # [V]
+        hidden = lm.prefill(req.prompt_ids)  # [H]
         req.steps += 1
         req.t_prefilled = time.perf_counter()
         generator = make_generator(params.seed, lm.device)
@@ -275,54 +352,78 @@ class TTSEngine:
         parser = model.new_parser()
         stream = model.codec.stream(frames_per_decode=self.frames_per_decode)
         max_new = min(req.max_new_tokens, lm.room)
+        clock = time.perf_counter
+        t_lm = clock()
         # 2. one token per step
         for position in range(max_new):
             if req.cancelled:  # checked before every model step and every codec decode
                 break
-            token = self._sample(logits, position, seen, params, generator)
+            token = self._sample(hidden, position, seen, params, generator)
             req.tokens.append(token)
             if token in model.stop_tokens:
                 break
             seen[token] = True
             frame = parser.push(token)
             if frame is not None:
-                self._emit(req, stream.push(np.asarray([frame], dtype=np.int64)))
-            if position == max_new - 1:
+                t_codec = clock()
+                req.lm_seconds += t_codec - t_lm
+                pcm = stream.push(np.asarray([frame], dtype=np.int64))
+                t_lm = clock()
+                req.codec_seconds += t_lm - t_codec
+                if pcm.size and req.t_first_audio is None:
+                    req.t_first_window = t_codec
+                self._emit(req, pcm)
+            if position == max_new - 1 or req.cancelled:
                 break
-            if req.cancelled:
-                break
-            logits = lm.step(token)  # [V]
+            hidden = lm.step(token)  # [H]
             req.steps += 1
+        req.lm_seconds += clock() - t_lm
         req.dropped_frames = parser.dropped_frames
         if req.cancelled:
             return "cancelled"
         # 3. end of utterance: the last frames, with truncated right context
-        self._emit(req, stream.flush())
+        t_codec = clock()
+        pcm = stream.flush()
+        req.codec_seconds += clock() - t_codec
+        if pcm.size and req.t_first_audio is None:
+            req.t_first_window = t_codec
+        self._emit(req, pcm)
         return "stop" if req.tokens and req.tokens[-1] in model.stop_tokens else "length"
 
     def _sample(
         self,
-        logits: torch.Tensor,
+        hidden: torch.Tensor,
         position: int,
         seen: torch.Tensor,
         params: GenerationParams,
         generator: torch.Generator,
     ) -> int:
         """Sample the token at audio ``position`` (0 = first token after start_of_speech)."""
+        lm = self._lm
         if not params.constrain_audio_tokens:
-            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+            logits = apply_repetition_penalty(lm.full_logits(hidden), seen, params.repetition_penalty)
             return int(sample_token(logits, params, generator))
-        # Only the 4096 codes of this frame slot, plus the stop token at a frame boundary.
+        # Only the codes of this frame slot, plus the stop token at a frame boundary.
         slot = position % self._tokens_per_frame
-        lo, hi = slot_token_range(slot)
-        if slot == 0:
-            candidates = torch.cat((logits[lo:hi], logits[self._stop_ids]))  # [4096 + S]
-            cand_seen = torch.cat((seen[lo:hi], seen[self._stop_ids]))
+        lo, hi = self._slot_ranges[slot]
+        if self.restrict_head and lm.head_is_linear:
+            candidates = lm.logits(hidden, *self._slot_heads[slot])  # [4096 (+ S)]
         else:
-            candidates, cand_seen = logits[lo:hi], seen[lo:hi]  # [4096]
+            full = lm.full_logits(hidden)  # [V]
+            candidates = torch.cat((full[lo:hi], full[self._stop_ids])) if slot == 0 else full[lo:hi]
+        cand_seen = torch.cat((seen[lo:hi], seen[self._stop_ids])) if slot == 0 else seen[lo:hi]
         candidates = apply_repetition_penalty(candidates, cand_seen, params.repetition_penalty)
         index = int(sample_token(candidates, params, generator))
         if index < hi - lo:
             return lo + index
         return int(self._stop_ids[index - (hi - lo)])
 
+
+class _NullSink:
+    """Discards audio (warm-up)."""
+
+    def on_audio(self, pcm: np.ndarray) -> None:
+        pass
+
+    def on_done(self, request: Request) -> None:
+        pass
