@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipecat_localtts.codecs.snac import TINY_SNAC_CONFIG, SNACCodec, build_random_snac
+from pipecat_localtts.codecs.snac import (
+    SNAC_24KHZ_CONFIG,
+    TINY_SNAC_CONFIG,
+    SNACCodec,
+    build_random_snac,
+)
 from pipecat_localtts.models import orpheus as o
 
 # The special tokens a Llama-3 tokenizer has at these ids (the rest of 128000..128255 are
@@ -81,6 +86,48 @@ def tiny_tokenizer():
     )
 
 
+# Llama-3.2 rope scaling, as in Orpheus's config.
+LLAMA3_ROPE = dict(
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+)
+
+#: Llama shapes of :func:`random_orpheus`. Timing does not depend on the weights' values.
+SHAPES: dict[str, dict] = {
+    "tiny": TINY_LLAMA,
+    # A CPU-sized stand-in with Orpheus's vocabulary and rope.
+    "small": dict(
+        TINY_LLAMA,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        **LLAMA3_ROPE,
+    ),
+    # The real Llama-3.2-3B shape of Orpheus (GPU only: 3.3 B parameters).
+    "orpheus-3b": dict(
+        TINY_LLAMA,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        **LLAMA3_ROPE,
+    ),
+}
+
+
 def tiny_llama(seed: int = 0, **overrides):
     """A randomly initialised ``LlamaForCausalLM`` with Orpheus's vocabulary (fp32, eval)."""
     import torch
@@ -104,6 +151,39 @@ def tiny_orpheus(seed: int = 0, device: str | None = None) -> o.OrpheusModel:
         lm.to(device)
     return o.OrpheusModel(
         lm=lm, tokenizer=tiny_tokenizer(), codec=codec, name="tiny", synthetic=True
+    )
+
+
+def random_orpheus(
+    shape: str = "tiny", seed: int = 0, device: str | None = None, dtype=None
+) -> o.OrpheusModel:
+    """A model object of one of :data:`SHAPES` with random weights, for benchmarks.
+
+    ``tiny`` is :func:`tiny_orpheus`; ``small`` and ``orpheus-3b`` use the real-size SNAC.
+    Weights are created directly on ``device`` in ``dtype`` (default: bf16 on CUDA, fp32
+    on CPU), so the 3B shape never materialises in host memory.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if shape == "tiny":
+        return tiny_orpheus(seed=seed, device=device)
+    dev = o.resolve_device(device)
+    torch_dtype = o.resolve_dtype(dtype, dev)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch_dtype)
+        try:
+            with dev:
+                lm = LlamaForCausalLM(LlamaConfig(**SHAPES[shape])).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    codec = SNACCodec(build_random_snac(SNAC_24KHZ_CONFIG, seed=seed), device=dev)
+    return o.OrpheusModel(
+        lm=lm, tokenizer=tiny_tokenizer(), codec=codec, name=f"random-{shape}", synthetic=True
     )
 
 

@@ -274,3 +274,75 @@ def test_repetition_penalty_and_top_p():
 def test_generation_params_validation(kwargs):
     with pytest.raises(ValueError):
         GenerationParams(**kwargs)
+
+
+def test_restricted_head_samples_exactly_what_the_full_head_would(model, engine, full_head_engine):
+    params = GenerationParams(seed=11, max_tokens=140)
+    a, audio_a = run(engine, "Same tokens either way.", params)
+    b, audio_b = run(full_head_engine, "Same tokens either way.", params)
+    assert a.tokens == b.tokens
+    np.testing.assert_array_equal(audio_a, audio_b)
+
+
+def test_compiled_step_traces_and_gives_the_same_tokens(model, engine):
+    # On a CPU the "eager" backend checks that the step traces (no graph break, static
+    # shapes); on CUDA the same code path runs with CUDA graphs.
+    compiled = TTSEngine(model, max_tokens=512, compile=True, compile_backend="eager")
+    compiled.start()
+    try:
+        assert compiled._lm.compiled
+        params = GenerationParams(seed=5, max_tokens=70)
+        a, audio_a = run(compiled, "Compiled.", params)
+        b, audio_b = run(engine, "Compiled.", params)
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
+    finally:
+        compiled.close()
+
+
+def test_a_head_that_is_not_a_plain_projection_falls_back_to_full_logits(model):
+    def scaled(module, inputs, output):
+        return output * 0.5  # e.g. a model with logit scaling
+
+    handle = model.lm.lm_head.register_forward_hook(scaled)
+    eng = TTSEngine(model, max_tokens=512)
+    try:
+        eng.start()
+        assert not eng._lm.head_is_linear
+        params = GenerationParams(temperature=0.0, repetition_penalty=1.0, max_tokens=28)
+        req, _ = run(eng, "Scaled.", params)
+        seq = list(req.prompt_ids)
+        with torch.inference_mode():
+            for position in range(28):
+                logits = model.lm(input_ids=torch.tensor([seq])).logits[0, -1]
+                seq.append(int(logits.masked_fill(~slot_allowed(position), float("-inf")).argmax()))
+        assert req.tokens == seq[len(req.prompt_ids) :]
+    finally:
+        handle.remove()
+        eng.close()
+
+
+def test_warm_up_runs_before_requests_and_its_failure_is_reported(model):
+    eng = TTSEngine(model, max_tokens=512)
+    eng.start()
+    assert len(eng.history) == 0 and eng.idle  # warm-up is not a request
+    eng.close()
+
+    def explode(module, inputs, output):
+        raise RuntimeError("bad kernel")
+
+    handle = model.lm.model.register_forward_hook(explode)
+    try:
+        broken = TTSEngine(model, max_tokens=512)
+        with pytest.raises(GenerationError, match="warm-up failed.*bad kernel"):
+            broken.start()
+        broken.close()
+    finally:
+        handle.remove()
+
+
+def test_request_timings_are_recorded(engine):
+    req, _ = run(engine, "Timings.", GenerationParams(seed=0, max_tokens=70))
+    assert req.t_submit <= req.t_start <= req.t_prefilled <= req.t_first_window <= req.t_first_audio <= req.t_done
+    assert req.lm_seconds > 0 and req.codec_seconds > 0
+    assert req.lm_seconds + req.codec_seconds <= req.t_done - req.t_prefilled
