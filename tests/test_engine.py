@@ -115,7 +115,9 @@ def test_seeded_sampling_is_reproducible(engine):
     a, audio_a = run(engine, "Same seed.", params)
     b, audio_b = run(engine, "Same seed.", params)
     c, _ = run(engine, "Same seed.", GenerationParams(seed=99, max_tokens=70))
-    assert a.tokens == b.tokens and np.array_equal(audio_a, audio_b)
+    assert a.tokens == b.tokens
+    # Codec windows depend on timing (frames waiting are decoded together): equal to 1e-5.
+    np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
     assert c.tokens != a.tokens
 
 
@@ -205,7 +207,7 @@ def test_cancel_stops_within_one_step_and_engine_takes_the_next_request(engine, 
         assert len(req.tokens) < req.max_new_tokens
         # The next request ran normally, after the cancelled one.
         assert req2.finish_reason == "length" and sum(a.size for a in audio2) == 10 * 2048
-        assert req2.t_start >= req.t_done
+        assert req2.t_start >= req.t_lm_done  # the LM was free; its codec work ends on its own thread
         assert engine.idle
     finally:
         handle.remove()
@@ -281,7 +283,7 @@ def test_restricted_head_samples_exactly_what_the_full_head_would(model, engine,
     a, audio_a = run(engine, "Same tokens either way.", params)
     b, audio_b = run(full_head_engine, "Same tokens either way.", params)
     assert a.tokens == b.tokens
-    np.testing.assert_array_equal(audio_a, audio_b)
+    np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
 
 
 def test_compiled_step_traces_and_gives_the_same_tokens(model, engine):
@@ -345,4 +347,7 @@ def test_request_timings_are_recorded(engine):
     req, _ = run(engine, "Timings.", GenerationParams(seed=0, max_tokens=70))
     assert req.t_submit <= req.t_start <= req.t_prefilled <= req.t_first_window <= req.t_first_audio <= req.t_done
     assert req.lm_seconds > 0 and req.codec_seconds > 0
-    assert req.lm_seconds + req.codec_seconds <= req.t_done - req.t_prefilled
+    assert req.t_prefilled <= req.t_lm_done <= req.t_done
+    assert req.lm_seconds <= req.t_lm_done - req.t_prefilled
+    # The codec runs on its own thread, overlapping the LM: each fits in the wall time.
+    assert req.codec_seconds <= req.t_done - req.t_prefilled

@@ -1,9 +1,11 @@
 """The generation engine: one model, one thread, requests in, audio out.
 
 The engine owns the language model, its KV cache and the codec, and touches them only on its
-own thread. Callers ``submit()`` a request (text + voice + parameters + a sink) from any
-thread; the engine runs prefill, then one decode step at a time, parses tokens into codec
-frames, decodes frames to PCM as they complete and hands each piece to the request's sink.
+own threads: one for the LM, one for the codec (:mod:`codec_worker`), so decoding audio
+overlaps the next LM steps. Callers ``submit()`` a request (text + voice + parameters + a
+sink) from any thread; the engine runs prefill, then one decode step at a time, parses tokens
+into codec frames, and the codec thread decodes frames to PCM as they complete and hands each
+piece to the request's sink.
 Cancellation is a flag checked before every model step, so a cancelled request runs at most
 one more step and the engine moves straight on to the next request.
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from pipecat_localtts.engine.codec_worker import CodecWorker
 from pipecat_localtts.engine.lm import CausalLM
 from pipecat_localtts.engine.sampling import (
     GenerationParams,
@@ -74,9 +77,11 @@ class Request:
     t_prefilled: float | None = None
     t_first_window: float | None = None  # the codec decode that gave the first audio began
     t_first_audio: float | None = None
+    t_lm_done: float | None = None  # the LM thread was free again
     t_done: float | None = None
     lm_seconds: float = 0.0  # time in model steps and sampling (prefill excluded)
     codec_seconds: float = 0.0  # time in codec decodes
+    record: bool = True  # False for warm-up requests: kept out of the history
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -137,6 +142,7 @@ class TTSEngine:
         restrict_head: With constrained sampling, compute only the logits of the tokens valid
             at the frame slot (the same values, a fraction of the work). False runs the
             model's full output layer every step.
+        codec_threads: CPU threads of the codec thread (``None``: PyTorch's default).
     """
 
     def __init__(
@@ -148,9 +154,12 @@ class TTSEngine:
         compile: bool | None = None,
         compile_backend: str = "inductor",
         restrict_head: bool = True,
+        codec_threads: int | None = None,
     ) -> None:
         self.model = model
         self.restrict_head = restrict_head
+        self.codec_threads = codec_threads
+        self._codec: CodecWorker | None = None
         self.max_tokens = max_tokens
         self.frames_per_decode = frames_per_decode
         self._lm = CausalLM(
@@ -196,6 +205,14 @@ class TTSEngine:
             if self._closed:
                 raise EngineClosedError("engine was closed")
             if self._thread is None:
+                self._codec = CodecWorker(
+                    self.model.codec,
+                    frames_per_decode=self.frames_per_decode,
+                    emit=self._emit,
+                    finish=self._finish,
+                    threads=self.codec_threads,
+                    name=f"localtts-codec-{self.model.name}",
+                )
                 self._thread = threading.Thread(
                     target=self._run,
                     args=(warm_up,),
@@ -218,6 +235,8 @@ class TTSEngine:
         self._queue.put(None)
         if thread is not None:
             thread.join(timeout)
+        if self._codec is not None:
+            self._codec.close(timeout)
         # Anything still queued will never run: end it so no consumer waits forever.
         while True:
             try:
@@ -235,8 +254,9 @@ class TTSEngine:
 
     @property
     def idle(self) -> bool:
-        """No request running and none queued."""
-        return self._active is None and self._queue.empty()
+        """No request generating or queued, and no audio left to decode."""
+        codec_idle = self._codec is None or self._codec.idle
+        return self._active is None and self._queue.empty() and codec_idle
 
     # ------------------------------------------------------------------ requests
 
@@ -276,9 +296,13 @@ class TTSEngine:
                 max_new_tokens=params.max_tokens,
                 params=params,
                 sink=_NullSink(),
+                record=False,
             )
-            self._generate(req)
+            self._end(req, self._generate(req))
             self._lm.reset()
+            req.wait()
+            if req.error is not None:
+                raise req.error
             logger.info(f"engine: warm-up pass {i + 1}/{passes} done ({time.perf_counter() - t0:.1f} s)")
 
     def _run(self, warm_up: bool) -> None:
@@ -297,7 +321,7 @@ class TTSEngine:
                 return
             if req.cancelled or self._closed:
                 req.cancel()
-                self._finish(req, "cancelled")
+                self._end(req, "cancelled")
                 continue
             self._active = req
             try:
@@ -312,12 +336,19 @@ class TTSEngine:
             finally:
                 self._lm.reset()
                 self._active = None
-            self._finish(req, reason)
+            self._end(req, reason)
+
+    def _end(self, req: Request, reason: str) -> None:
+        """The LM is done with ``req``: the codec thread ends it after its audio."""
+        req.t_lm_done = time.perf_counter()
+        assert self._codec is not None
+        self._codec.end(req, reason)
 
     def _finish(self, req: Request, reason: str) -> None:
         req.finish_reason = reason
         req.t_done = time.perf_counter()
-        self.history.append(req)
+        if req.record:
+            self.history.append(req)
         req._done.set()
         try:
             req.sink.on_done(req)
@@ -350,13 +381,13 @@ class TTSEngine:
         seen.zero_()
         seen[torch.tensor(req.prompt_ids, device=lm.device)] = True
         parser = model.new_parser()
-        stream = model.codec.stream(frames_per_decode=self.frames_per_decode)
+        codec = self._codec
+        assert codec is not None
         max_new = min(req.max_new_tokens, lm.room)
-        clock = time.perf_counter
-        t_lm = clock()
-        # 2. one token per step
+        t_lm = time.perf_counter()
+        # 2. one token per step; complete frames go to the codec thread
         for position in range(max_new):
-            if req.cancelled:  # checked before every model step and every codec decode
+            if req.cancelled:  # checked before every model step
                 break
             token = self._sample(hidden, position, seen, params, generator)
             req.tokens.append(token)
@@ -365,29 +396,15 @@ class TTSEngine:
             seen[token] = True
             frame = parser.push(token)
             if frame is not None:
-                t_codec = clock()
-                req.lm_seconds += t_codec - t_lm
-                pcm = stream.push(np.asarray([frame], dtype=np.int64))
-                t_lm = clock()
-                req.codec_seconds += t_lm - t_codec
-                if pcm.size and req.t_first_audio is None:
-                    req.t_first_window = t_codec
-                self._emit(req, pcm)
+                codec.frame(req, frame)
             if position == max_new - 1 or req.cancelled:
                 break
             hidden = lm.step(token)  # [H]
             req.steps += 1
-        req.lm_seconds += clock() - t_lm
+        req.lm_seconds = time.perf_counter() - t_lm
         req.dropped_frames = parser.dropped_frames
         if req.cancelled:
             return "cancelled"
-        # 3. end of utterance: the last frames, with truncated right context
-        t_codec = clock()
-        pcm = stream.flush()
-        req.codec_seconds += clock() - t_codec
-        if pcm.size and req.t_first_audio is None:
-            req.t_first_window = t_codec
-        self._emit(req, pcm)
         return "stop" if req.tokens and req.tokens[-1] in model.stop_tokens else "length"
 
     def _sample(
