@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine details")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("bench", help="run the benchmark suite (pipecat-localtts bench --help)")
     say = sub.add_parser("say", help="speak TEXT into a WAV file")
     say.add_argument("text", help="what to say (emotive tags like <laugh> pass through)")
     say.add_argument("--out", required=True, type=Path, help="output .wav (24 kHz mono)")
@@ -99,6 +100,11 @@ def _say(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pipecat-localtts`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from pipecat_localtts.benchmark import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     from loguru import logger
 
