@@ -487,7 +487,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
             left += values
         ax.set_xlabel("ms from first LLM token to first audio frame")
         ax.set_title(f"{shape}: time to first audio ({r['llm_tokens_per_s']:.0f} LLM tokens/s)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
         ax = row[1]
         names = ["bare forward", "engine step", "generate() step"]
         values = [r["step"]["bare_forward_ms"], r["step"]["engine_step_ms"], r["step"]["generate_step_ms"]]

@@ -469,7 +469,9 @@ class SNACCodec:
                 f"SNAC frames must have shape [n, {self.codes_per_frame}] "
                 f"(canonical order: {layout}), got shape {list(t.shape)}"
             )
-        t = t.to(device=self.device, dtype=torch.long, copy=True)  # [n, codes_per_frame], never aliases input
+        # Range-check where the codes are (host memory, normally), then copy to the device:
+        # no device-to-host sync per push on a GPU.
+        t = t.to(dtype=torch.long, copy=True)  # [n, codes_per_frame], never aliases input
         if t.numel():
             bad = (t < 0) | (t >= self.codebook_size)
             if bool(bad.any()):
@@ -478,7 +480,7 @@ class SNACCodec:
                     f"SNAC code {int(t[idx[0], idx[1]])} at frame {idx[0]}, position {idx[1]} is outside "
                     f"[0, {self.codebook_size})"
                 )
-        return t
+        return t.to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ decoding
 

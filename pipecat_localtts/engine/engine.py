@@ -1,4 +1,4 @@
-"""The generation engine: one model, one thread, requests in, audio out.
+"""The generation engine: one model, requests in, audio out.
 
 The engine owns the language model, its KV cache and the codec, and touches them only on its
 own threads: one for the LM, one for the codec (:mod:`codec_worker`), so decoding audio
@@ -18,10 +18,10 @@ batched decode step; today they run one after another in submission order.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -45,7 +45,7 @@ PROMPT_BUDGET = 512  # cache room reserved for the prompt, in tokens
 
 
 class AudioSink(Protocol):
-    """Where a request's output goes. Called on the engine thread; must not block."""
+    """Where a request's output goes. Called on the engine's codec thread; must not block."""
 
     def on_audio(self, pcm: np.ndarray) -> None:
         """A piece of float32 mono audio at the codec's sample rate."""

@@ -1,0 +1,69 @@
+"""The benchmark suite's model shapes and a smoke run of the whole suite on the tiny shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipecat_localtts import LocalTTSService
+from pipecat_localtts.benchmark import main as bench_main
+from pipecat_localtts.codecs.snac import SNAC_24KHZ_CONFIG
+from pipecat_localtts.models import orpheus as o
+from pipecat_localtts.testing import SHAPES, random_orpheus
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def test_orpheus_3b_shape_is_llama_3_2_3b():
+    s = SHAPES["orpheus-3b"]
+    assert (s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"]) == (3072, 28, 24)
+    assert (s["num_key_value_heads"], s["head_dim"], s["intermediate_size"]) == (8, 128, 8192)
+    assert s["vocab_size"] == 156_940 and s["tie_word_embeddings"]
+    assert s["rope_scaling"] == LLAMA3_ROPE and s["rope_theta"] == 500000.0
+
+
+def test_small_shape_builds_with_the_issue_s_shape_and_real_snac():
+    model = random_orpheus("small", seed=0, device="cpu")
+    c = model.lm.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (512, 8, 8, 2)
+    assert (c.head_dim, c.intermediate_size, c.vocab_size) == (64, 1536, o.VOCAB_SIZE)
+    assert c.tie_word_embeddings and model.lm.get_output_embeddings().weight is model.lm.get_input_embeddings().weight
+    assert c.rope_scaling["rope_type"] == "llama3"
+    assert model.codec.model.decoder_dim == SNAC_24KHZ_CONFIG["decoder_dim"] == 1024
+    assert model.codec.samples_per_frame == 2048 and model.synthetic
+    # A model object the service accepts.
+    assert LocalTTSService(model=model).model is model
+
+
+def test_unknown_shape_is_refused():
+    with pytest.raises(ValueError, match="unknown shape 'huge'"):
+        random_orpheus("huge")
+
+
+def test_benchmark_suite_runs_and_writes_json_and_plot(tmp_path):
+    out = tmp_path / "results"
+    rc = bench_main(["--shapes", "tiny", "--rounds", "1", "--utterances", "8", "--tokens", "35", "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    r = results["tiny"]
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    step, ttfa, interruption, memory = r["step"], r["ttfa"], r["interruption"], r["memory"]
+    for key in ("bare_forward_ms", "engine_step_ms", "generate_step_ms", "engine_rtf", "generate_rtf"):
+        assert step[key] > 0
+    assert step["engine_vs_bare"] == pytest.approx(step["engine_step_ms"] / step["bare_forward_ms"])
+    # The adaptive chunker sends the first clause; Pipecat's aggregator the whole sentence.
+    assert ttfa["adaptive"]["first_chunk_chars"] < ttfa["sentence"]["first_chunk_chars"]
+    assert ttfa["adaptive"]["first_chunk_chars"] == len("Well, the short answer is yes,")
+    parts = ["chunker_wait_ms", "prefill_ms", "decode_to_first_window_ms", "codec_ms", "framework_ms"]
+    assert sum(ttfa["adaptive"][p] for p in parts) == pytest.approx(ttfa["adaptive"]["total_ms"], rel=1e-6)
+    assert interruption["steps_after_cancel"] <= 1
+    assert interruption["to_lm_idle_ms"] <= interruption["to_codec_idle_ms"]
+    assert len(memory["rss_trace_mb"]) == 8 and memory["peak_rss_mb"] > 0
+    assert r["machine"]["device"] == "cpu"
