@@ -83,3 +83,11 @@ def test_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--model", "tiny", "--device", "cuda"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --device cuda")
+
+
+def test_bench_subcommand_is_the_benchmark_suite(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--shapes" in out and "orpheus-3b" in out

@@ -351,3 +351,14 @@ def test_request_timings_are_recorded(engine):
     assert req.lm_seconds <= req.t_lm_done - req.t_prefilled
     # The codec runs on its own thread, overlapping the LM: each fits in the wall time.
     assert req.codec_seconds <= req.t_done - req.t_prefilled
+
+
+def test_kv_cache_is_allocated_once_and_reused_across_utterances(engine):
+    run(engine, "First.", GenerationParams(seed=0, max_tokens=28))
+    layer = engine._lm.cache.layers[0]
+    pointers = (layer.keys.data_ptr(), layer.values.data_ptr())
+    for text in ("Second one.", "A third, somewhat longer utterance."):
+        run(engine, text, GenerationParams(seed=0, max_tokens=28))
+        assert (layer.keys.data_ptr(), layer.values.data_ptr()) == pointers
+    assert layer.keys.shape[-2] == engine._lm.max_len  # static shape: the full length
+    assert engine._lm.pos == 0 and not layer.keys.any()  # reset between utterances
