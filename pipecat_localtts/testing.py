@@ -203,3 +203,14 @@ def save_orpheus(model: o.OrpheusModel, directory: str | Path) -> Path:
     (snac_dir / "config.json").write_text(json.dumps(model.codec.config))
     torch.save(model.codec.model.state_dict(), snac_dir / "pytorch_model.bin")
     return directory
+
+
+def model_from_spec(spec: str | None, *, device: str | None = None):
+    """What ``--model`` / ``LOCALTTS_MODEL`` name: ``"tiny"`` gives :func:`tiny_orpheus` (noise,
+    for plumbing checks); anything else (hub id or directory) is returned for
+    ``LocalTTSService(model=...)`` to load; ``None`` or empty means the default Orpheus."""
+    if not spec:
+        return o.DEFAULT_MODEL_ID
+    if spec == "tiny":
+        return tiny_orpheus(device=device)
+    return spec

@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The telephony test speaks to the bot with real synthesised speech (Debian's espeak-ng).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
 . .venv/bin/activate
 # Tests never touch the network: weights are tiny random models built by the tests.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
