@@ -47,7 +47,11 @@ from dataclasses import dataclass
 from loguru import logger
 from pipecat.frames.frames import EndFrame, LLMMessagesAppendFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.pipeline.worker import (
+    PipelineParams,
+    PipelineWorker,
+    ProcessorUnusablePolicy,
+)
 from pipecat.runner.livekit import generate_token, generate_token_with_agent
 from pipecat.transports.livekit.transport import LiveKitParams, LiveKitTransport
 from pipecat.workers.runner import WorkerRunner
@@ -150,7 +154,9 @@ def build_worker(
         processors = [transport.input(), tts, transport.output()]
     else:
         from pipecat.processors.aggregators.llm_context import LLMContext
-        from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+        from pipecat.processors.aggregators.llm_response_universal import (
+            LLMContextAggregatorPair,
+        )
 
         context = LLMContext([{"role": "system", "content": SYSTEM_PROMPT}])
         aggregators = LLMContextAggregatorPair(context)
@@ -163,7 +169,11 @@ def build_worker(
             aggregators.assistant(),
         ]
     worker = PipelineWorker(
-        Pipeline(processors), params=PipelineParams(audio_out_sample_rate=24000)
+        Pipeline(processors),
+        params=PipelineParams(audio_out_sample_rate=24000),
+        # The room connection failing (bad URL/token, server down) leaves the transport
+        # unusable; without this the bot would sit there forever.
+        processor_unusable_policy=ProcessorUnusablePolicy.CANCEL,
     )
 
     @transport.event_handler("on_first_participant_joined")
@@ -209,9 +219,19 @@ async def main() -> None:
     tts = build_tts(args.model, voice=args.voice)
     await tts.load()  # pay the load time before joining the room
     worker = build_worker(build_transport(config), tts, llm=build_llm(), greeting=args.greeting)
+    fatal: list[str] = []
+
+    @worker.event_handler("on_pipeline_error")
+    async def on_pipeline_error(worker, frame):
+        processor = getattr(frame, "processor", None)
+        if processor is not None and not processor.is_usable:
+            fatal.append(f"{processor}: {frame.error}")
+
     runner = WorkerRunner()
     await runner.add_workers(worker)
     await runner.run()
+    if fatal:
+        raise SystemExit(f"bot stopped: {fatal[0]}")
 
 
 if __name__ == "__main__":

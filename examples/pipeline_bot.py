@@ -285,7 +285,10 @@ def create_app(config: BotConfig, model: OrpheusModel | None = None) -> FastAPI:
 
 async def run_local(config: BotConfig, model: OrpheusModel) -> None:
     """The same bot on the local microphone and speakers (needs PyAudio)."""
-    from pipecat.transports.local.audio import LocalAudioTransport, LocalAudioTransportParams
+    from pipecat.transports.local.audio import (
+        LocalAudioTransport,
+        LocalAudioTransportParams,
+    )
 
     transport = LocalAudioTransport(
         LocalAudioTransportParams(

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -65,7 +66,7 @@ class _LocalParticipant:
 class LoopbackRoom(rtc.Room):
     """A real ``rtc.Room`` whose connection to a server is skipped."""
 
-    instances: list["LoopbackRoom"] = []
+    instances: ClassVar[list[LoopbackRoom]] = []
 
     def __init__(self, loop=None):
         super().__init__(loop=loop)
@@ -131,6 +132,7 @@ def _zero_runs(pcm: np.ndarray, min_len: int) -> list[tuple[int, int]]:
     return [(int(a), int(b - a)) for a, b in zip(starts, ends) if b - a >= min_len]
 
 
+@pytest.mark.timeout(120)
 async def test_greeting_reaches_the_room_intact_and_at_real_time(monkeypatch):
     monkeypatch.setattr(rtc, "Room", LoopbackRoom)
     LoopbackRoom.instances.clear()
@@ -258,6 +260,11 @@ def test_llm_is_optional_and_chat_messages_are_read():
     assert bot.build_llm({}) is None
     llm = bot.build_llm({"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "LLM_MODEL": "m"})
     assert type(llm).__name__ == "OpenAILLMService"
+    # The LLM pipeline builds without connecting anywhere.
+    config = bot.LiveKitConfig(url="ws://127.0.0.1:9", token="t", room="r")
+    transport = bot.build_transport(config)
+    worker = bot.build_worker(transport, bot.build_tts("tiny"), llm=llm)
+    assert type(worker).__name__ == "PipelineWorker"
     assert bot.chat_text(b"hello there") == "hello there"
     assert bot.chat_text(b'{"message": " hi "}') == "hi"
     assert bot.chat_text(b'{"text": "yo"}') == "yo"

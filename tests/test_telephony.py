@@ -20,6 +20,7 @@ import wave
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -86,7 +87,7 @@ class FakeTwilioAPI:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 api.requests.append(
                     {
@@ -182,7 +183,7 @@ class TwilioCaller:
         self._seq = 0
         self.closed = asyncio.Event()
 
-    async def __aenter__(self) -> "TwilioCaller":
+    async def __aenter__(self) -> Self:
         self.ws = await asyncio.wait_for(websockets.connect(self.url, max_size=None), 10)
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
