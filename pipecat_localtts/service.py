@@ -27,6 +27,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
 
+from pipecat_localtts.audio import EdgeFade
 from pipecat_localtts.chunking import AdaptiveTextAggregator, ChunkerConfig, is_speakable, split_text
 from pipecat_localtts.engine.engine import Request, TTSEngine
 from pipecat_localtts.engine.sampling import GenerationParams
@@ -98,6 +99,8 @@ class LocalTTSService(TTSService):
         frames_per_decode: Codec frames decoded per window once audio flows (1 = lowest
             latency; more = less codec work per second of audio).
         compile: Compile the one-token decode step with CUDA graphs (``None``: on CUDA).
+        edge_fade_ms: Fade-in and fade-out at each utterance's edges, so consecutive chunks
+            join without a click (0 disables; the audio between the edges is unchanged).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -119,6 +122,7 @@ class LocalTTSService(TTSService):
         chunking: ChunkerConfig | None = None,
         frames_per_decode: int = 1,
         compile: bool | None = None,
+        edge_fade_ms: float = 5.0,
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -148,6 +152,9 @@ class LocalTTSService(TTSService):
             raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
         self._frames_per_decode = frames_per_decode
         self._compile = compile
+        if edge_fade_ms < 0:
+            raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
+        self._edge_fade_ms = edge_fade_ms
         self._model_source = model
         self._model: OrpheusModel | None = loaded
         self._device = device
@@ -253,6 +260,8 @@ class LocalTTSService(TTSService):
         assert self._model is not None
         if resampler is not None:
             pcm = resampler.resample_chunk(pcm, last=last)
+        if pcm.size == 0:
+            return []
         audio = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
         step = self._model.codec.samples_per_frame * self.sample_rate // self._model.sample_rate
         return [
@@ -264,6 +273,11 @@ class LocalTTSService(TTSService):
             )
             for i in range(0, audio.size, step)
         ]
+
+    @property
+    def _fade_samples(self) -> int:
+        assert self._model is not None
+        return round(self._edge_fade_ms * self._model.sample_rate / 1000)
 
     def _new_resampler(self) -> Any:
         assert self._model is not None
@@ -290,16 +304,16 @@ class LocalTTSService(TTSService):
                 if i + 1 < len(chunks):
                     sinks.append(self._submit(chunks[i + 1]))
                 resampler = self._new_resampler()
+                edges = EdgeFade(self._fade_samples)
                 async for pcm in sinks[i].audio():
                     if first_audio:
                         await self.stop_ttfb_metrics()
                         first_audio = False
-                    for frame in self._audio_frames(pcm, context_id, resampler):
+                    for frame in self._audio_frames(edges.push(pcm), context_id, resampler):
                         yield frame
-                if resampler is not None:  # flush the resampler: the utterance's tail
-                    empty = np.zeros(0, np.float32)
-                    for frame in self._audio_frames(empty, context_id, resampler, last=True):
-                        yield frame
+                # The utterance's end: the faded tail, and what the resampler still holds.
+                for frame in self._audio_frames(edges.finish(), context_id, resampler, last=True):
+                    yield frame
         except Exception as e:
             logger.warning(f"{self}: {type(e).__name__}: {e}")
             yield ErrorFrame(error=f"{self}: {e}", exception=e)
