@@ -30,6 +30,7 @@ from pipecat.transcriptions.language import Language
 from pipecat_localtts.audio import EdgeFade
 from pipecat_localtts.chunking import AdaptiveTextAggregator, ChunkerConfig, is_speakable, split_text
 from pipecat_localtts.engine.engine import Request, TTSEngine
+from pipecat_localtts.engine.pool import ENGINE_POOL
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
 from pipecat_localtts.models.orpheus import (
@@ -101,6 +102,9 @@ class LocalTTSService(TTSService):
         compile: Compile the one-token decode step with CUDA graphs (``None``: on CUDA).
         edge_fade_ms: Fade-in and fade-out at each utterance's edges, so consecutive chunks
             join without a click (0 disables; the audio between the edges is unchanged).
+        engine_pool: Take a warm engine from the process-wide pool at start and give it back
+            at stop, so per-call services skip warm-up (``None``: when the decode step is
+            compiled, i.e. on CUDA, where warm-up includes graph capture).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -123,6 +127,7 @@ class LocalTTSService(TTSService):
         frames_per_decode: int = 1,
         compile: bool | None = None,
         edge_fade_ms: float = 5.0,
+        engine_pool: bool | None = None,
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -155,6 +160,7 @@ class LocalTTSService(TTSService):
         if edge_fade_ms < 0:
             raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
         self._edge_fade_ms = edge_fade_ms
+        self._engine_pool = engine_pool
         self._model_source = model
         self._model: OrpheusModel | None = loaded
         self._device = device
@@ -207,14 +213,26 @@ class LocalTTSService(TTSService):
             if self._model.synthetic:
                 logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
 
+    def _engine_settings(self) -> dict[str, Any]:
+        return {
+            "max_tokens": self._params.max_tokens,
+            "frames_per_decode": self._frames_per_decode,
+            "compile": self._compile,
+        }
+
+    def _pooled(self, model: OrpheusModel) -> bool:
+        if self._engine_pool is not None:
+            return self._engine_pool
+        compiled = self._compile
+        if compiled is None:  # the engine's own default: compile on CUDA
+            compiled = model.device.type == "cuda"
+        return bool(compiled)
+
     def _start_engine(self, model: OrpheusModel) -> TTSEngine:
-        """Build the engine and warm it up (compile, kernel selection): blocking."""
-        engine = TTSEngine(
-            model,
-            max_tokens=self._params.max_tokens,
-            frames_per_decode=self._frames_per_decode,
-            compile=self._compile,
-        )
+        """A started, warm engine (compile, kernel selection): blocking."""
+        if self._pooled(model):
+            return ENGINE_POOL.acquire(model, **self._engine_settings())
+        engine = TTSEngine(model, **self._engine_settings())
         engine.start()
         return engine
 
@@ -240,7 +258,12 @@ class LocalTTSService(TTSService):
 
     async def _close_engine(self) -> None:
         engine, self._engine = self._engine, None
-        if engine is not None:
+        if engine is None:
+            return
+        if self._model is not None and self._pooled(self._model):
+            # Our requests were cancelled when run_tts ended; the engine stays warm.
+            ENGINE_POOL.release(engine, **self._engine_settings())
+        else:
             await asyncio.to_thread(engine.close)
 
     # ------------------------------------------------------------------ synthesis

@@ -82,6 +82,7 @@ def record_requests(monkeypatch):
     async def load_and_share(self):
         await original_load(self)
         self._history = self._engine.history
+        self._history_engine = self._engine
 
     monkeypatch.setattr(LocalTTSService, "load", load_and_share)
 
@@ -374,3 +375,40 @@ async def test_downstream_audio_is_the_exact_decode_with_faded_utterance_edges()
     # Where the two utterances meet, the signal is faded to (almost) zero on both sides.
     junction = expected[0].size
     assert abs(int(got[junction - 1])) < 200 and abs(int(got[junction])) < 200
+
+
+async def test_per_call_services_reuse_a_warm_engine_from_the_pool():
+    from pipecat_localtts.engine.pool import ENGINE_POOL
+
+    model = tiny_orpheus()
+    first = make_service(model=model, engine_pool=True)
+    await run_test(first, frames_to_send=[TTSSpeakFrame("First call.")])
+    assert first.engine is None and ENGINE_POOL.idle_count(model) == 1  # kept warm
+    second = make_service(model=model, engine_pool=True)
+    third = make_service(model=model, engine_pool=True)
+    await second.load()  # takes the warm engine: no new warm-up
+    await third.load()  # a concurrent call gets an engine of its own
+    assert second.engine is not third.engine and ENGINE_POOL.idle_count(model) == 0
+    pooled = second.engine
+    down, up = await run_test(second, frames_to_send=[TTSSpeakFrame("Second call.")])
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert [r.text for r in pooled.history][-1] == "Second call."
+    assert samples(audio_frames(down)) == generated_samples([pooled.history[-1]])
+    await third._close_engine()
+    assert ENGINE_POOL.idle_count(model) == 2
+    ENGINE_POOL.close_all()
+    assert ENGINE_POOL.idle_count() == 0 and not pooled.running
+
+
+async def test_without_the_pool_the_engine_is_closed_at_the_end():
+    service = make_service()  # CPU: no compiled step, so no pooling by default
+    await run_test(service, frames_to_send=[TTSSpeakFrame("Bye.")])
+    assert service.engine is None and not service._history_engine.running
+
+
+def test_pooling_follows_compilation_unless_asked():
+    model = tiny_orpheus()
+    assert not make_service(model=model)._pooled(model)  # CPU: nothing compiled
+    assert make_service(model=model, compile=True)._pooled(model)  # warm-up costs a capture
+    assert not make_service(model=model, compile=True, engine_pool=False)._pooled(model)
+    assert make_service(model=model, engine_pool=True)._pooled(model)
