@@ -97,14 +97,15 @@ class LocalTTSService(TTSService):
             fine-tune; ignored for a loaded model object (it carries its own).
         params: Sampling and max-token guard (Orpheus reference defaults).
         chunking: How LLM text is cut into chunks (first chunk fast, then sentences).
-        frames_per_decode: Codec frames decoded per window once audio flows (1 = lowest
-            latency; more = less codec work per second of audio).
+        frames_per_decode: Minimum codec frames per window once audio flows (1 = lowest
+            latency; frames waiting for a busy codec are decoded together anyway).
         compile: Compile the one-token decode step with CUDA graphs (``None``: on CUDA).
         edge_fade_ms: Fade-in and fade-out at each utterance's edges, so consecutive chunks
             join without a click (0 disables; the audio between the edges is unchanged).
         engine_pool: Take a warm engine from the process-wide pool at start and give it back
-            at stop, so per-call services skip warm-up (``None``: when the decode step is
-            compiled, i.e. on CUDA, where warm-up includes graph capture).
+            at stop, so per-call services sharing one loaded model skip warm-up (``None``:
+            when ``model`` is a loaded model object and the decode step is compiled, i.e. on
+            CUDA, where warm-up includes graph capture).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -223,6 +224,10 @@ class LocalTTSService(TTSService):
     def _pooled(self, model: OrpheusModel) -> bool:
         if self._engine_pool is not None:
             return self._engine_pool
+        if not isinstance(self._model_source, OrpheusModel):
+            # This service loaded its own model: no other call shares it, and a pooled
+            # engine would keep those weights alive after the call.
+            return False
         compiled = self._compile
         if compiled is None:  # the engine's own default: compile on CUDA
             compiled = model.device.type == "cuda"

@@ -412,3 +412,5 @@ def test_pooling_follows_compilation_unless_asked():
     assert make_service(model=model, compile=True)._pooled(model)  # warm-up costs a capture
     assert not make_service(model=model, compile=True, engine_pool=False)._pooled(model)
     assert make_service(model=model, engine_pool=True)._pooled(model)
+    # A service that loads its own weights never pools them (nobody else shares them).
+    assert not LocalTTSService(model="some/checkpoint", compile=True)._pooled(model)
