@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pipecat_localtts.version import __version__
 
 if TYPE_CHECKING:
-    from pipecat_localtts.chunking import AdaptiveChunker, AdaptiveTextAggregator, ChunkerConfig
+    from pipecat_localtts.aggregator import AdaptiveTextAggregator
+    from pipecat_localtts.chunking import AdaptiveChunker, ChunkerConfig
     from pipecat_localtts.engine.engine import TTSEngine
     from pipecat_localtts.engine.sampling import GenerationParams
     from pipecat_localtts.errors import (
@@ -42,7 +43,7 @@ __all__ = [
 
 _LAZY = {
     "AdaptiveChunker": "pipecat_localtts.chunking",
-    "AdaptiveTextAggregator": "pipecat_localtts.chunking",
+    "AdaptiveTextAggregator": "pipecat_localtts.aggregator",
     "ChunkerConfig": "pipecat_localtts.chunking",
     "TTSEngine": "pipecat_localtts.engine.engine",
     "GenerationParams": "pipecat_localtts.engine.sampling",

@@ -91,7 +91,7 @@ def bare_forward_ms(model: o.OrpheusModel, prompt: list[int], steps: int, cache_
     dev = model.device
     cache = StaticCache(config=lm.config, max_cache_len=cache_len)
     n = len(prompt)
-    lm(input_ids=torch.tensor([prompt], device=dev), past_key_values=cache,
+    lm(input_ids=torch.tensor([prompt], device=dev), cache=cache,
        cache_position=torch.arange(n, device=dev), logits_to_keep=1)
     token = torch.full((1, 1), o.AUDIO_TOKEN_BASE, device=dev)
     position = torch.zeros(1, dtype=torch.long, device=dev)
@@ -100,7 +100,7 @@ def bare_forward_ms(model: o.OrpheusModel, prompt: list[int], steps: int, cache_
         position.fill_(n + i)
         _sync(dev)
         t0 = time.perf_counter()
-        logits = lm(input_ids=token, past_key_values=cache, cache_position=position).logits
+        logits = lm(input_ids=token, cache=cache, cache_position=position).logits
         token.fill_(int(logits[0, -1].argmax()))  # read the result, as any decoder must
         times.append(time.perf_counter() - t0)
     return _median(times[2:]) * MS
@@ -234,6 +234,8 @@ def bench_step(model: o.OrpheusModel, engine: TTSEngine, *, tokens: int, rounds:
     result = {
         "tokens_per_request": tokens,
         "rounds": rounds,
+        "engine_tokens": med(ours, "tokens"),  # what each side really generated
+        "generate_tokens": med(base, "tokens"),
         "bare_forward_ms": _median(bare),
         "engine_step_ms": med(ours, "step_ms"),
         "generate_step_ms": med(base, "step_ms"),

@@ -15,7 +15,11 @@ regimes:
   for natural prosody. A sentence shorter than ``min_chunk_chars`` is held and
   merged with the sentences after it; a chunk is never longer than
   ``max_chunk_chars`` - a longer one is split at the last clause boundary
-  before the limit, else at the last word boundary (never inside a word).
+  before the limit, else at the last word boundary, and as a last resort (a
+  URL, a base64 blob, one giant "word", text without spaces or punctuation)
+  at the limit itself, on a grapheme boundary (never inside a character with
+  its accents, an emoji sequence or a ``<tag>``). Such a cut is logged once
+  per turn.
 
 Text arrives in pieces, so a boundary is only decided once the character
 after it has been seen ("3." may continue as "3.14", "1," as "1,000").
@@ -29,46 +33,63 @@ single capital initial (``J. R. R. Tolkien``) or an emotive tag such as
 ``<laugh>`` (anything of the form ``<...>``, up to :data:`MAX_TAG_CHARS`
 characters, on one line, not starting with whitespace).
 
+**Scripts without spaces.** Chinese and Japanese are cut at their own
+punctuation, with or without a space after it: ``。！？`` (and the full-width
+``．``) end a sentence, ``，、；：`` (and their full-width forms) end a clause,
+closing brackets such as ``」`` stay with the text before them; an ASCII
+``,.!?;:`` written straight after a Han or kana character counts the same.
+Between two Han or kana characters a word boundary is assumed (the script
+does not mark words), and for the first-chunk rule two such characters count
+as one word. Thai, Lao, Khmer and Myanmar put spaces between phrases, not
+words: a space after such text is a sentence boundary, and four of their
+letters count as one word. Devanagari ``।`` ``॥`` and Arabic ``؟`` end a
+sentence, Arabic ``،`` ``؛`` a clause.
+
+**Cost.** The scan is incremental: each character is examined a bounded
+number of times however the text is split into pieces, and a run of
+whitespace is capped at :data:`MAX_WHITESPACE_RUN` characters (a newline in
+it is kept), so the work per input character is bounded for every kind of
+text.
+
 What this module does not know:
 
-* It is rule-based and written for space-separated scripts (English first).
-  Text without spaces between sentences (Chinese, Japanese, Thai) is only cut
-  at newlines, at ``max_chunk_chars`` or at flush.
-* It has no language model of sentence structure: an abbreviation at the very
-  end of a sentence ("... and so on, etc. Then") is not taken as a sentence
-  end, and a capital letter followed by a period ("Plan B. Then") is taken for
-  an initial. Such text is merged into the next sentence, which is harmless
-  for speech.
+* It is rule-based. It has no language model of sentence structure: an
+  abbreviation at the very end of a sentence ("... and so on, etc. Then") is
+  not taken as a sentence end, and a capital letter followed by a period
+  ("Plan B. Then") is taken for an initial. Such text is merged into the next
+  sentence, which is harmless for speech. It does not segment words of
+  Chinese, Japanese or Thai: its word boundaries there are character or
+  phrase boundaries.
 * It does not normalise text for speech (numbers, symbols, markdown) and does
   not drop unspeakable chunks; use :func:`is_speakable` for that.
-* It knows nothing of audio, timing or asyncio. The one Pipecat-specific part
-  is :class:`AdaptiveTextAggregator` at the bottom, a thin adapter that plugs
-  the chunker into ``pipecat.services.tts_service.TTSService``.
+* It knows nothing of audio, timing, asyncio or Pipecat:
+  :class:`pipecat_localtts.aggregator.AdaptiveTextAggregator` is the thin
+  adapter that plugs it into ``pipecat.services.tts_service.TTSService``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from pipecat.utils.text.base_text_aggregator import (
-    Aggregation,
-    BaseTextAggregator,
-    TextType,
-)
+import regex
+from loguru import logger
+from pipecat_localtts.validation import check_int
 
 __all__ = [
     "ABBREVIATIONS",
     "BINDING_ABBREVIATIONS",
     "MAX_TAG_CHARS",
+    "MAX_WHITESPACE_RUN",
     "AdaptiveChunker",
-    "AdaptiveTextAggregator",
     "ChunkerConfig",
     "is_speakable",
     "split_text",
+    "text_width",
 ]
 
 #: Abbreviations that belong to the word after them ("Dr. Smith"): no cut of
@@ -90,25 +111,95 @@ ABBREVIATIONS: Final[frozenset[str]] = BINDING_ABBREVIATIONS | frozenset(
 #: are ordinary text, so a stray "<" holds back decisions only briefly.
 MAX_TAG_CHARS: Final[int] = 40
 
+#: Whitespace characters kept of one run; the rest of the run is dropped (but
+#: a newline in it is kept), so the buffer cannot grow on whitespace alone.
+MAX_WHITESPACE_RUN: Final[int] = 32
+
 # A tag: "<", a non-space first character, then anything but brackets and
 # line breaks, then ">", MAX_TAG_CHARS characters in all at most.
 _TAG_RE: Final = re.compile(r"<[^<>\s][^<>\r\n]{0,%d}>" % (MAX_TAG_CHARS - 3))
 # Characters that may close a sentence or clause after its punctuation.
-_CLOSERS: Final[str] = "\"'\u201d\u2019)]}\u00bb*"
+_CLOSERS: Final[str] = "\"'\u201d\u2019)]}\u00bb*\u300d\u300f\uff09\u3011\u300b\u3009\u3015\u3017\u3019\u301b\uff3d\uff5d\uff63"
 # Characters that may open a word before it (stripped for abbreviation lookup).
-_OPENERS: Final[str] = "\"'\u201c\u2018([{\u00ab*"
-_SENTENCE_PUNCT: Final[str] = ".!?\u2026"
-_CLAUSE_PUNCT: Final[str] = ",;:"
+_OPENERS: Final[str] = "\"'\u201c\u2018([{\u00ab*\u300c\u300e\uff08\u3010\u300a\u3008\u3014\u3016\u3018\u301a\uff3b\uff5b\uff62"
+# Sentence and clause punctuation of space-separated scripts (ends a token).
+_SENTENCE_PUNCT: Final[str] = ".!?\u2026\u0964\u0965\u061f"  # . ! ? … । ॥ ؟
+_STRONG_SENTENCE_PUNCT: Final[str] = "!?\u0964\u0965\u061f"  # always end a sentence
+_CLAUSE_PUNCT: Final[str] = ",;:\u060c\u061b"  # , ; : ، ؛
+# Punctuation of scripts without spaces: a boundary follows it, space or not.
+# 。 ！ ？ ｡ ． (and Myanmar ။, Khmer ។) end a sentence; ， 、 ； ： ､ (Myanmar ၊) a clause.
+_WIDE_SENTENCE: Final[str] = "\u3002\uff01\uff1f\uff61\uff0e\u104b\u17d4"
+_WIDE_CLAUSE: Final[str] = "\uff0c\u3001\uff1b\uff1a\uff64\u104a"
+# What may follow such punctuation and still belong to it (closers, repeats).
+_WIDE_TRAIL: Final[str] = _WIDE_SENTENCE + _WIDE_CLAUSE + _CLOSERS + ".!?\u2026"
+_SPACED_PUNCT: Final[str] = _SENTENCE_PUNCT + _CLAUSE_PUNCT
+_MAX_TRAIL: Final[int] = 8  # a longer run of closers is decided without waiting for its end
 _EM_DASH: Final[str] = "\u2014"
 # Stand-alone tokens that mark a clause break when surrounded by spaces.
 _SPACED_DASHES: Final[frozenset[str]] = frozenset({"-", "--", "\u2013", "\u2014"})
 _NEWLINES: Final[frozenset[str]] = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
-_TRAILING_PUNCT_RE: Final = re.compile(r"[.!?\u2026]+$")
+_TRAILING_PUNCT_RE: Final = re.compile("[%s]+$" % re.escape(_SENTENCE_PUNCT))
 # Two or more single letters each followed by a period: "U.S.", "e.g.", "a.m.".
 _DOTTED_LETTERS_RE: Final = re.compile(r"(?:[^\W\d_]\.){2,}")
 # A numbered-list marker at the start of a line: "1.", "12.".
 _LIST_MARKER_RE: Final = re.compile(r"\d{1,3}\.")
 _WORD_SPLIT_RE: Final = re.compile(r"[\s\u2014]+")
+_WHITESPACE_RUN_RE: Final = re.compile(r"\s+")
+# One extended grapheme cluster (a character with its marks, an emoji sequence).
+_GRAPHEME_RE: Final = regex.compile(r"\X")
+# Han and kana: two count as one word. Letters of Thai, Lao, Myanmar, Khmer: four do.
+_WIDE_RE: Final = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]")
+_PHRASE_LETTER_RE: Final = regex.compile(r"[\p{Thai}\p{Lao}\p{Myanmar}\p{Khmer}&&\p{L}]", regex.V1)
+_SPACELESS_RE: Final = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Myanmar}\p{Khmer}]")
+
+
+def _is_wide(ch: str) -> bool:
+    """Whether ``ch`` is a Han or kana character (a script that does not mark words)."""
+    c = ord(ch)
+    return (
+        0x3040 <= c <= 0x30FF  # hiragana, katakana
+        or 0x31F0 <= c <= 0x31FF  # katakana extensions
+        or 0x3400 <= c <= 0x4DBF  # CJK extension A
+        or 0x4E00 <= c <= 0x9FFF  # CJK unified ideographs
+        or 0xF900 <= c <= 0xFAFF  # compatibility ideographs
+        or 0xFF66 <= c <= 0xFF9F  # half-width katakana
+        or 0x20000 <= c <= 0x3134F  # CJK extensions B..G
+    )
+
+
+def _char_width(ch: str) -> int:
+    """Length of ``ch`` for the chunk limits: 2 for a wide (East Asian) character, else 1.
+
+    A Han character takes about as long to say as two or three Latin letters, so
+    the limits count it twice (as terminals do), which keeps chunks of every
+    script within a similar stretch of speech.
+    """
+    if ch < "\u1100":
+        return 1
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+
+
+def _text_width(buf: str, start: int, end: int) -> int:
+    """Width of ``buf[start:end]``."""
+    return sum(_char_width(c) for c in buf[start:end])
+
+
+def text_width(text: str) -> int:
+    """Length of ``text`` as the chunk limits count it: a wide (CJK) character counts twice.
+
+    Args:
+        text: Any text.
+
+    Returns:
+        The number of characters, plus one for each East Asian wide or full-width one.
+    """
+    return _text_width(text, 0, len(text))
+
+
+def _is_phrase_script(ch: str) -> bool:
+    """Whether ``ch`` is Thai, Lao, Myanmar or Khmer (spaces separate phrases, not words)."""
+    c = ord(ch)
+    return 0x0E00 <= c <= 0x0EFF or 0x1000 <= c <= 0x109F or 0x1780 <= c <= 0x17FF
 
 
 @dataclass(frozen=True)
@@ -126,9 +217,9 @@ class ChunkerConfig:
             held and merged with the following sentence(s) until the merged
             text reaches this length, or the turn is flushed. 0 disables
             merging.
-        max_chunk_chars: No chunk is longer than this (unless a single word
-            is): longer text is split at the last clause boundary before the
-            limit, else at the last word boundary before it.
+        max_chunk_chars: No chunk is longer than this: longer text is split at
+            the last clause boundary before the limit, else at the last word
+            boundary before it, else (one unbreakable run) at the limit.
     """
 
     first_chunk_min_words: int = 3
@@ -140,8 +231,8 @@ class ChunkerConfig:
         """Check the knobs.
 
         Raises:
-            ValueError: If a knob is not an int, out of range, or inconsistent
-                with another knob.
+            TypeError: If a knob is not an int (bool is not taken for one).
+            ValueError: If a knob is out of range or inconsistent with another.
         """
         for name in (
             "first_chunk_min_words",
@@ -149,9 +240,7 @@ class ChunkerConfig:
             "min_chunk_chars",
             "max_chunk_chars",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"ChunkerConfig.{name} must be an int, got {value!r}")
+            check_int(f"ChunkerConfig.{name}", getattr(self, name), "an int")
         if self.first_chunk_min_words < 1:
             raise ValueError(
                 "ChunkerConfig.first_chunk_min_words must be at least 1, "
@@ -187,12 +276,14 @@ class _Boundary:
     """A decided place where a chunk may end.
 
     Attributes:
-        cut: Offset in the buffer; the chunk would be ``buffer[:cut]``.
+        cut: Offset in the buffer; the chunk would end at ``buffer[cut]``.
         kind: The strength of the boundary.
+        width: Width of the chunk it would end (see :func:`_char_width`).
     """
 
     cut: int
     kind: _Kind
+    width: int
 
 
 def _is_abbreviation(word: str) -> bool:
@@ -215,7 +306,7 @@ def _token_kind(token: str, line_start: bool) -> _Kind | None:
 
     Args:
         token: The token, without surrounding whitespace.
-        line_start: Whether the token starts a line (or the buffer).
+        line_start: Whether the token starts a line (or the chunk).
 
     Returns:
         The boundary kind after the token, or None when no cut may follow it
@@ -225,10 +316,14 @@ def _token_kind(token: str, line_start: bool) -> _Kind | None:
     if not core:
         return _Kind.WORD
     last = core[-1]
+    if last in _WIDE_SENTENCE:
+        return _Kind.SENTENCE
+    if last in _WIDE_CLAUSE:
+        return _Kind.CLAUSE
     if last in _SENTENCE_PUNCT:
         match = _TRAILING_PUNCT_RE.search(core)
         run = match.group() if match else last
-        if "!" in run or "?" in run:
+        if any(c in _STRONG_SENTENCE_PUNCT for c in run):
             return _Kind.SENTENCE
         if run != ".":
             # "..", "..." or "…": a pause inside a sentence more often than an end.
@@ -241,98 +336,45 @@ def _token_kind(token: str, line_start: bool) -> _Kind | None:
         return _Kind.SENTENCE
     if last in _CLAUSE_PUNCT or last == _EM_DASH or core in _SPACED_DASHES:
         return _Kind.CLAUSE
+    if _is_phrase_script(last):
+        # Thai and its neighbours put a space between phrases and sentences.
+        return _Kind.SENTENCE
     return _Kind.WORD
 
 
-def _starts_line(buf: str, start: int) -> bool:
-    """Whether the token at ``start`` begins the buffer or a line."""
+def _starts_line(buf: str, lo: int, start: int) -> bool:
+    """Whether the token at ``start`` begins the chunk (at ``lo``) or a line."""
     j = start
-    while j > 0 and buf[j - 1].isspace():
+    while j > lo and buf[j - 1].isspace():
         j -= 1
         if buf[j] in _NEWLINES:
             return True
-    return j == 0
+    return j == lo
 
 
 def _could_become_tag(buf: str, start: int) -> bool:
     """Whether the unmatched "<" at ``start`` may still turn into a tag."""
-    rest = buf[start + 1 :]
-    if not rest:
-        return True
-    if rest[0].isspace() or len(rest) > MAX_TAG_CHARS - 2:
-        return False
-    return not any(c in "<>\r\n" for c in rest)
-
-
-_UNBOUNDED: Final[int] = 1 << 62
-
-
-def _scan(buf: str, final: bool) -> Iterator[_Boundary | int]:
-    """Find the decided boundaries of ``buf``, in order.
-
-    A boundary is yielded only once it is decided: the character after it has
-    been seen (or ``final`` says no more text comes) and no undecided text
-    lies before it.
-
-    Args:
-        buf: The buffered text, without leading whitespace.
-        final: Whether the text is complete (end of turn).
-
-    Yields:
-        :class:`_Boundary` objects in increasing ``cut`` order, then one int,
-        the horizon: every boundary with a cut below it has been yielded.
-    """
     n = len(buf)
-    i = 0
-    tok_start = -1
-    while i < n:
-        ch = buf[i]
-        if ch.isspace():
-            if tok_start >= 0:
-                if ch in _NEWLINES:
-                    yield _Boundary(i, _Kind.SENTENCE)
-                else:
-                    kind = _token_kind(buf[tok_start:i], _starts_line(buf, tok_start))
-                    if kind is not None:
-                        yield _Boundary(i, kind)
-                tok_start = -1
-            i += 1
-            continue
-        if tok_start < 0:
-            tok_start = i
-        if ch == "<":
-            tag = _TAG_RE.match(buf, i)
-            if tag:
-                i = tag.end()
-                continue
-            if not final and _could_become_tag(buf, i):
-                yield i + 1
-                return
-        elif ch == _EM_DASH and i + 1 < n:
-            nxt = buf[i + 1]
-            # "word—word" is a clause break; "1990—2000" and "——" are not. A
-            # dash followed by whitespace ends its token and is handled there.
-            if (
-                not nxt.isspace()
-                and nxt not in "-\u2013\u2014"
-                and not (i > 0 and buf[i - 1].isdigit() and nxt.isdigit())
-            ):
-                yield _Boundary(i + 1, _Kind.CLAUSE)
-        i += 1
-    if tok_start < 0:
-        yield _UNBOUNDED if final else n + 1
-    elif final:
-        kind = _token_kind(buf[tok_start:], _starts_line(buf, tok_start))
-        yield _Boundary(n, kind or _Kind.WORD)
-        yield _UNBOUNDED
-    else:
-        yield n
+    if start + 1 >= n:
+        return True
+    if buf[start + 1].isspace() or n - start - 1 > MAX_TAG_CHARS - 2:
+        return False
+    return not any(c in "<>\r\n" for c in buf[start + 1 :])  # at most MAX_TAG_CHARS chars
 
 
-def _count_words(text: str) -> int:
-    """Count the words in ``text``: runs holding a letter or digit outside tags."""
+def _count_words(text: str) -> float:
+    """Count the words in ``text``: runs holding a letter or digit outside tags.
+
+    Scripts that do not separate words are estimated from their characters:
+    two Han or kana characters, or four Thai/Lao/Myanmar/Khmer letters, make a word.
+    """
     plain = _TAG_RE.sub(" ", text)
-    return sum(1 for part in _WORD_SPLIT_RE.split(plain) if any(c.isalnum() for c in part))
+    spaceless = 0.0
+    if _SPACELESS_RE.search(plain):
+        spaceless = len(_WIDE_RE.findall(plain)) / 2 + len(_PHRASE_LETTER_RE.findall(plain)) / 4
+        plain = _SPACELESS_RE.sub(" ", plain)
+    words = sum(1 for part in _WORD_SPLIT_RE.split(plain) if any(c.isalnum() for c in part))
+    return words + spaceless
 
 
 class AdaptiveChunker:
@@ -357,10 +399,18 @@ class AdaptiveChunker:
 
         Args:
             config: The knobs; the defaults of :class:`ChunkerConfig` if None.
+
+        Raises:
+            TypeError: If ``config`` is not a :class:`ChunkerConfig` (or None).
         """
+        if config is not None and not isinstance(config, ChunkerConfig):
+            raise TypeError(
+                f"config must be a ChunkerConfig or None, got {type(config).__name__}"
+                " (build one: ChunkerConfig(max_chunk_chars=...))"
+            )
         self._config = config if config is not None else ChunkerConfig()
-        self._buf = ""
-        self._first = True
+        self._examined = 0
+        self.reset()
 
     @property
     def config(self) -> ChunkerConfig:
@@ -370,12 +420,28 @@ class AdaptiveChunker:
     @property
     def pending(self) -> str:
         """The buffered text not yet emitted (leading whitespace dropped)."""
-        return self._buf
+        return self._buf[self._start :]
 
     @property
     def awaiting_first_chunk(self) -> bool:
         """Whether the next chunk is the first of the turn (cut early)."""
         return self._first
+
+    @property
+    def hard_cuts(self) -> int:
+        """Chunks of this turn cut inside an unbreakable run (no word boundary in reach)."""
+        return self._hard_cuts
+
+    @property
+    def chars_examined(self) -> int:
+        """Characters scanned, counted or copied since creation: the chunker's cost.
+
+        For tests and benchmarks: it grows linearly with the input, however the
+        input is split into pieces.
+        """
+        return self._examined
+
+    # ------------------------------------------------------------------ public API
 
     def push(self, text: str) -> list[str]:
         """Feed a piece of text.
@@ -388,13 +454,19 @@ class AdaptiveChunker:
         """
         if not text:
             return []
-        self._buf = (self._buf + text).lstrip()
+        text = self._cap_whitespace(text)
+        stripped = len(text.rstrip())
+        if stripped:
+            self._end = len(self._buf) + stripped
+        self._examined += len(self._buf) + len(text)  # the concatenation copies both
+        self._buf += text
+        if self._start == self._pos and self._tok < 0 and not self._within:
+            self._skip_whitespace()
+            self._restart()
         chunks: list[str] = []
-        while True:
-            cut = self._next_cut()
-            if cut is None:
-                return chunks
+        while (cut := self._next_cut()) is not None:
             self._emit(cut, chunks)
+        return chunks
 
     def flush(self) -> list[str]:
         """End the turn: return the rest as chunks and reset.
@@ -408,104 +480,314 @@ class AdaptiveChunker:
         """
         chunks: list[str] = []
         limit = self._config.max_chunk_chars
-        while self._buf:
-            if len(self._buf.rstrip()) <= limit:
-                self._emit(len(self._buf), chunks)
+        while self._start < self._end:
+            if self._rest_fits():
+                self._emit(self._end, chunks)
                 break
-            within, beyond = self._boundaries(final=True)
-            cut = self._forced_cut(within, beyond)
-            self._emit(cut if cut is not None else len(self._buf), chunks)
+            self._restart()
+            for boundary in self._scan(final=True):
+                if boundary.width > limit:
+                    break
+                self._within.append(boundary)
+            self._emit(self._forced_cut(), chunks)
         self.reset()
         return chunks
 
     def reset(self) -> None:
         """Drop the buffered text and start a new turn."""
         self._buf = ""
+        self._start = 0  # where the pending chunk begins (leading whitespace skipped)
+        self._end = 0  # end of the last non-whitespace character of the buffer
         self._first = True
+        self._ws_run = 0  # length of the whitespace run the input currently ends with
+        self._ws_newline = False  # whether the kept part of that run holds a newline
+        self._hard_cuts = 0
+        self._restart()
 
-    def _emit(self, cut: int, chunks: list[str]) -> None:
-        """Move ``buffer[:cut]`` into ``chunks`` (if not blank)."""
-        chunk = self._buf[:cut].strip()
-        self._buf = self._buf[cut:].lstrip()
-        if chunk:
-            chunks.append(chunk)
-            self._first = False
+    # ------------------------------------------------------------------ deciding cuts
 
-    def _boundaries(self, final: bool) -> tuple[list[_Boundary], _Boundary | None]:
-        """Collect the decided boundaries up to ``max_chunk_chars``.
-
-        Args:
-            final: Whether the text is complete.
-
-        Returns:
-            The boundaries with a cut within the limit, and the first one
-            beyond it (None if not decided yet).
-        """
-        limit = self._config.max_chunk_chars
-        within: list[_Boundary] = []
-        for item in _scan(self._buf, final):
-            if isinstance(item, int):
-                return within, None
-            if item.cut > limit:
-                return within, item
-            within.append(item)
-        return within, None  # pragma: no cover - _scan always ends with an int
+    def _restart(self) -> None:
+        """Forget the scan of the pending chunk: it is scanned again from its start."""
+        self._pos = self._start  # next character to scan
+        self._tok = -1  # start of the token being scanned, -1 between tokens
+        self._width = 0  # width of buffer[start:pos]
+        self._decided = False  # every boundary within the limit is known
+        self._within: list[_Boundary] = []  # decided boundaries within the limit
+        self._beyond = False  # a boundary beyond the limit was found
+        self._counted = self._start  # first chunk: words counted up to here
+        self._words = 0.0
 
     def _next_cut(self) -> int | None:
         """Decide where the next chunk ends, if that is decided yet."""
-        buf = self._buf
-        if not buf:
+        if self._start >= len(self._buf):
             return None
         cfg = self._config
-        limit = cfg.max_chunk_chars
-        within: list[_Boundary] = []
-        beyond: _Boundary | None = None
-        horizon = 0
-        words = 0
-        counted = 0
-        for item in _scan(buf, final=False):
-            if isinstance(item, int):
-                horizon = item
+        for boundary in self._scan(final=False):
+            if boundary.width > cfg.max_chunk_chars:
+                self._beyond = True
                 break
-            if item.cut > limit:
-                beyond = item
-                break
-            within.append(item)
+            self._within.append(boundary)
             if self._first:
-                words += _count_words(buf[counted : item.cut])
-                counted = item.cut
-                if item.kind >= _Kind.CLAUSE and words >= cfg.first_chunk_min_words:
-                    return item.cut
-                if words >= cfg.first_chunk_max_words:
-                    return item.cut
-            elif item.kind is _Kind.SENTENCE and item.cut >= cfg.min_chunk_chars:
-                return item.cut
-        if beyond is None and (horizon <= limit or len(buf.rstrip()) <= limit):
+                self._words += _count_words(self._buf[self._counted : boundary.cut])
+                self._examined += boundary.cut - self._counted
+                self._counted = boundary.cut
+                if boundary.kind >= _Kind.CLAUSE and self._words >= cfg.first_chunk_min_words:
+                    return boundary.cut
+                if self._words >= cfg.first_chunk_max_words:
+                    return boundary.cut
+            elif boundary.kind is _Kind.SENTENCE and boundary.width >= cfg.min_chunk_chars:
+                return boundary.cut
+        if not self._beyond and (not self._decided or self._rest_fits()):
             # Everything within the limit may still change, or fits in one chunk.
             return None
-        return self._forced_cut(within, beyond)
+        return self._forced_cut()
 
-    def _forced_cut(self, within: list[_Boundary], beyond: _Boundary | None) -> int | None:
+    def _rest_fits(self) -> bool:
+        """Whether all pending text (trailing whitespace aside) fits in one chunk."""
+        limit = self._config.max_chunk_chars
+        width = 0
+        for i in range(self._start, self._end):
+            width += _char_width(self._buf[i])
+            if width > limit:
+                self._examined += i - self._start
+                return False
+        self._examined += self._end - self._start
+        return True
+
+    def _forced_cut(self) -> int:
         """Pick where to split text that would exceed ``max_chunk_chars``.
 
         Prefers the last clause (or sentence) boundary within the limit that
         leaves a chunk of at least ``min_chunk_chars``, then the last boundary
-        within the limit, then - when a single word is longer than the limit -
-        the end of that word.
+        within the limit, then - inside one unbreakable run - the limit itself.
+        """
+        for boundary in reversed(self._within):
+            if boundary.kind >= _Kind.CLAUSE and boundary.width >= self._config.min_chunk_chars:
+                return boundary.cut
+        if self._within:
+            return self._within[-1].cut
+        return self._hard_cut()
+
+    def _hard_cut(self) -> int:
+        """The last grapheme boundary within the limit, outside any tag (the last resort)."""
+        buf, start = self._buf, self._start
+        limit = self._config.max_chunk_chars
+        cut, width = start, 0
+        for cluster in _GRAPHEME_RE.finditer(buf, start, min(len(buf), start + limit + 1)):
+            width += sum(_char_width(c) for c in cluster.group())
+            if width > limit:
+                break
+            cut = cluster.end()
+        self._examined += cut - start
+        if cut == start:
+            # One "character" wider than the limit (endless combining marks): cut inside it.
+            width, cut = _char_width(buf[start]), start + 1
+            while cut < len(buf) and width + _char_width(buf[cut]) <= limit:
+                width += _char_width(buf[cut])
+                cut += 1
+        for tag in _TAG_RE.finditer(buf, max(start, cut - MAX_TAG_CHARS), cut + MAX_TAG_CHARS):
+            if tag.start() < cut < tag.end() and tag.start() > start:
+                cut = tag.start()
+                break
+        if not self._hard_cuts:
+            logger.warning(
+                f"chunker: {limit} characters without a word boundary (a URL, code, or text "
+                f"without spaces?): cutting at the limit: {buf[start:start + 40]!r}..."
+            )
+        self._hard_cuts += 1
+        return cut
+
+    def _emit(self, cut: int, chunks: list[str]) -> None:
+        """Move ``buffer[start:cut]`` into ``chunks`` (if not blank) and rescan from ``cut``."""
+        chunk = self._buf[self._start : cut].strip()
+        self._examined += cut - self._start
+        self._start = cut
+        self._skip_whitespace()
+        if self._start > len(self._buf) // 2:
+            # Drop the emitted text; each compaction copies less than it removes.
+            self._examined += len(self._buf) - self._start
+            self._buf = self._buf[self._start :]
+            self._end = max(0, self._end - self._start)
+            self._start = 0
+        self._restart()
+        if chunk:
+            chunks.append(chunk)
+            self._first = False
+
+    def _skip_whitespace(self) -> None:
+        buf, i = self._buf, self._start
+        while i < len(buf) and buf[i].isspace():
+            i += 1
+        self._examined += i - self._start
+        self._start = i
+
+    def _cap_whitespace(self, text: str) -> str:
+        """Drop whitespace beyond :data:`MAX_WHITESPACE_RUN` in a run (keeping one newline)."""
+        if not self._ws_run and not text[0].isspace() and not text[-1].isspace() and not _has_long_run(text):
+            return text
+        out: list[str] = []
+        pos = 0
+        for run in _WHITESPACE_RUN_RE.finditer(text):
+            s, e = run.span()
+            if s > pos:  # text before this run ends the previous run
+                out.append(text[pos:s])
+                self._ws_run, self._ws_newline = 0, False
+            room = max(0, MAX_WHITESPACE_RUN - self._ws_run)
+            kept = text[s : min(e, s + room)]
+            out.append(kept)
+            if not self._ws_newline and any(c in _NEWLINES for c in kept):
+                self._ws_newline = True
+            if not self._ws_newline and e - s > room:
+                newline = next((c for c in text[s + room : e] if c in _NEWLINES), None)
+                if newline is not None:
+                    out.append(newline)
+                    self._ws_newline = True
+            self._ws_run += e - s
+            pos = e
+        if pos < len(text):
+            out.append(text[pos:])
+            self._ws_run, self._ws_newline = 0, False
+        self._examined += len(text)
+        return "".join(out)
+
+    # ------------------------------------------------------------------ the scanner
+
+    def _scan(self, final: bool) -> Iterator[_Boundary]:
+        """Find the next decided boundaries of the pending chunk, in order.
+
+        Scanning resumes where it stopped: at the end of the buffer or at a
+        character that needs more text to be decided (an unmatched "<" that may
+        become a tag, a dash or Han character or punctuation at the end). It
+        goes no further than ``max_chunk_chars`` of width past the chunk's
+        start: beyond that nothing can change where the chunk ends. The scan
+        position is saved before each boundary is yielded, so the caller may
+        stop at any boundary. On return ``self._decided`` says whether every
+        boundary within the limit is known.
 
         Args:
-            within: Decided boundaries with a cut within the limit, in order.
-            beyond: The first decided boundary beyond the limit, if known.
+            final: Whether the text is complete (end of turn).
 
-        Returns:
-            The cut, or None while the end of an over-long word is undecided.
+        Yields:
+            :class:`_Boundary` objects in increasing ``cut`` order.
         """
-        for boundary in reversed(within):
-            if boundary.kind >= _Kind.CLAUSE and boundary.cut >= self._config.min_chunk_chars:
-                return boundary.cut
-        if within:
-            return within[-1].cut
-        return beyond.cut if beyond is not None else None
+        buf = self._buf
+        n = len(buf)
+        lo = self._start
+        limit = self._config.max_chunk_chars
+        i, tok, w = self._pos, self._tok, self._width  # w: width of buf[lo:i]
+        while i < n and w <= limit:
+            ch = buf[i]
+            if ch.isspace():
+                if tok >= 0:
+                    if ch in _NEWLINES:
+                        kind: _Kind | None = _Kind.SENTENCE
+                    else:
+                        kind = _token_kind(buf[tok:i], _starts_line(buf, lo, tok))
+                    tok = -1
+                    if kind is not None:
+                        self._save(i + 1, -1, w + _char_width(ch))
+                        yield _Boundary(i, kind, w)
+                w += _char_width(ch)
+                i += 1
+                continue
+            if tok < 0:
+                tok = i
+            if ch == "<":
+                tag = _TAG_RE.match(buf, i)
+                if tag:
+                    w += _text_width(buf, i, tag.end())
+                    self._examined += tag.end() - i - 1
+                    i = tag.end()
+                    continue
+                if not final and _could_become_tag(buf, i):
+                    self._save(i, tok, w, decided=w + 1 > limit)
+                    return
+            elif ch in _WIDE_SENTENCE or ch in _WIDE_CLAUSE or (
+                ch in _SPACED_PUNCT and i > lo and _is_wide(buf[i - 1])
+            ):
+                # Punctuation of a script without spaces: the boundary follows it and
+                # its closing brackets, whether or not a space comes next.
+                j = i + 1
+                while j < n and j - i <= _MAX_TRAIL and buf[j] in _WIDE_TRAIL:
+                    j += 1
+                if j >= n and not final:
+                    self._save(i, tok, w, decided=w + _char_width(ch) > limit)
+                    return
+                w_end = w + _text_width(buf, i, j)
+                self._examined += j - i - 1
+                if j < n and not buf[j].isspace():
+                    run = buf[i:j]
+                    sentence = any(c in _WIDE_SENTENCE or c in _STRONG_SENTENCE_PUNCT for c in run)
+                    if not sentence and ch in _SENTENCE_PUNCT and run.rstrip(_CLOSERS) == ".":
+                        sentence = True  # "好.他" : a period straight after Han text
+                    self._save(j, -1, w_end)
+                    yield _Boundary(j, _Kind.SENTENCE if sentence else _Kind.CLAUSE, w_end)
+                    i, tok, w = j, -1, w_end
+                    continue
+                # A space (or the end) follows: the token ends there, as in other scripts.
+                i, w = j, w_end
+                continue
+            elif _is_wide(ch):
+                if i + 1 >= n:
+                    if not final:
+                        self._save(i, tok, w, decided=w + _char_width(ch) > limit)
+                        return
+                elif _is_wide(buf[i + 1]) or buf[i + 1].isalnum():
+                    # Han and kana do not mark words: any two characters may be cut apart.
+                    self._save(i + 1, tok, w + _char_width(ch))
+                    yield _Boundary(i + 1, _Kind.WORD, w + _char_width(ch))
+            elif ch.isalnum():
+                if i + 1 >= n:
+                    if not final:  # Han text may follow: "iPhone" + "拍照"
+                        self._save(i, tok, w, decided=w + _char_width(ch) > limit)
+                        return
+                elif buf[i + 1] >= "\u3040" and _is_wide(buf[i + 1]):
+                    # A Latin word or a number straight before Han text ("iPhone拍照").
+                    self._save(i + 1, tok, w + _char_width(ch))
+                    yield _Boundary(i + 1, _Kind.WORD, w + _char_width(ch))
+            elif ch == _EM_DASH:
+                if i + 1 >= n:
+                    if not final:
+                        self._save(i, tok, w, decided=w + 1 > limit)
+                        return
+                else:
+                    nxt = buf[i + 1]
+                    # "word—word" is a clause break; "1990—2000" and "——" are not. A
+                    # dash followed by whitespace ends its token and is handled there.
+                    if (
+                        not nxt.isspace()
+                        and nxt not in "-\u2013\u2014"
+                        and not (i > lo and buf[i - 1].isdigit() and nxt.isdigit())
+                    ):
+                        self._save(i + 1, tok, w + 1)
+                        yield _Boundary(i + 1, _Kind.CLAUSE, w + 1)
+            w += _char_width(ch)
+            i += 1
+        if w > limit:  # past the limit: nothing after it can change this chunk's end
+            self._save(i, tok, w, decided=True)
+        elif tok < 0:
+            # A new boundary needs at least one more character.
+            self._save(i, tok, w, decided=final or w + 1 > limit)
+        elif final:
+            kind = _token_kind(buf[tok:], _starts_line(buf, lo, tok))
+            self._save(n, -1, w, decided=True)
+            yield _Boundary(n, kind or _Kind.WORD, w)
+        else:
+            self._save(i, tok, w, decided=False)  # the token may go on
+
+    def _save(self, pos: int, tok: int, width: int, decided: bool | None = None) -> None:
+        """Record where the scan resumes (and, when it stops, whether the limit is decided)."""
+        self._examined += max(0, pos - self._pos)
+        self._pos, self._tok, self._width = pos, tok, width
+        if decided is not None:
+            self._decided = decided
+
+
+def _has_long_run(text: str) -> bool:
+    """Whether ``text`` holds a whitespace run longer than :data:`MAX_WHITESPACE_RUN`."""
+    return len(text) > MAX_WHITESPACE_RUN and any(
+        len(run.group()) > MAX_WHITESPACE_RUN for run in _WHITESPACE_RUN_RE.finditer(text)
+    )
 
 
 def split_text(text: str, config: ChunkerConfig | None = None) -> list[str]:
@@ -517,7 +799,7 @@ def split_text(text: str, config: ChunkerConfig | None = None) -> list[str]:
 
     Returns:
         The chunks, in order: the first cut early, none longer than
-        ``max_chunk_chars`` unless a single word is.
+        ``max_chunk_chars``.
     """
     chunker = AdaptiveChunker(config)
     return chunker.push(text) + chunker.flush()
@@ -537,73 +819,3 @@ def is_speakable(text: str) -> bool:
     if _TAG_RE.search(text):
         return True
     return any(c.isalnum() for c in text)
-
-
-class AdaptiveTextAggregator(BaseTextAggregator):
-    """Pipecat text aggregator backed by an :class:`AdaptiveChunker`.
-
-    Install it in a ``TTSService`` after ``super().__init__()``::
-
-        self._text_aggregator = AdaptiveTextAggregator(config)
-
-    The service calls :meth:`aggregate` for each text frame and speaks each
-    aggregation yielded, and calls :meth:`flush` once at the end of the LLM
-    response (or on ``EndFrame``). Since the interface allows a single
-    aggregation at flush, the rest of the turn comes back as one aggregation,
-    which in rare cases (an over-long word or tag at the end) may exceed
-    ``max_chunk_chars``; the service should pass text longer than that limit
-    through :func:`split_text`, as it must anyway for ``TTSSpeakFrame`` text,
-    which Pipecat hands to ``run_tts`` without aggregating it.
-    """
-
-    def __init__(self, config: ChunkerConfig | None = None) -> None:
-        """Create the aggregator.
-
-        Args:
-            config: The chunker knobs; the defaults of :class:`ChunkerConfig`
-                if None.
-        """
-        super().__init__(aggregation_type=TextType.SENTENCE)
-        self._chunker = AdaptiveChunker(config)
-
-    @property
-    def chunker(self) -> AdaptiveChunker:
-        """The chunker doing the work."""
-        return self._chunker
-
-    @property
-    def text(self) -> Aggregation:
-        """The text buffered and not yet emitted."""
-        return Aggregation(text=self._chunker.pending, type=TextType.SENTENCE)
-
-    async def aggregate(self, text: str) -> AsyncIterator[Aggregation]:
-        """Feed text and yield each chunk that became ready.
-
-        Args:
-            text: The next piece of LLM text.
-
-        Yields:
-            One sentence-type :class:`Aggregation` per ready chunk.
-        """
-        for chunk in self._chunker.push(text):
-            yield Aggregation(text=chunk, type=TextType.SENTENCE)
-
-    async def flush(self) -> Aggregation | None:
-        """End the turn and return the rest of its text.
-
-        Returns:
-            The remaining chunks joined by a space as one sentence-type
-            :class:`Aggregation`, or None if nothing was pending.
-        """
-        chunks = self._chunker.flush()
-        if not chunks:
-            return None
-        return Aggregation(text=" ".join(chunks), type=TextType.SENTENCE)
-
-    async def handle_interruption(self) -> None:
-        """Drop the buffered text; the next turn starts with a fast chunk."""
-        self._chunker.reset()
-
-    async def reset(self) -> None:
-        """Drop the buffered text; the next turn starts with a fast chunk."""
-        self._chunker.reset()

@@ -9,11 +9,14 @@ its ``finally`` cancels the engine request, which stops within one decode step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import functools
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import regex
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
@@ -26,13 +29,16 @@ from pipecat.frames.frames import (
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.transcriptions.language import Language
+from pipecat.utils.tracing.service_decorators import traced_tts
 
 from pipecat_localtts.audio import EdgeFade
-from pipecat_localtts.chunking import AdaptiveTextAggregator, ChunkerConfig, is_speakable, split_text
-from pipecat_localtts.engine.engine import Request, TTSEngine
+from pipecat_localtts.aggregator import AdaptiveTextAggregator
+from pipecat_localtts.chunking import ChunkerConfig, is_speakable, split_text, text_width
+from pipecat_localtts.engine.engine import PROMPT_BUDGET, Request, TTSEngine
 from pipecat_localtts.engine.pool import ENGINE_POOL
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
+from pipecat_localtts.validation import check_int, check_number, check_type
 from pipecat_localtts.models.orpheus import (
     DEFAULT_MODEL_ID,
     DEFAULT_VOICE,
@@ -50,6 +56,27 @@ class LocalTTSSettings(TTSSettings):
 async def _drop_unspeakable(text: str, text_type: str) -> str:
     """Text transform: nothing to say (punctuation, emoji, whitespace) becomes no request."""
     return text if is_speakable(text) else ""
+
+
+def _well_formed(text: str) -> str:
+    """``text`` as valid Unicode: a Python str may hold lone surrogates, UTF-8 (and so the
+    tokenizer) cannot. A split pair becomes its character again, a lone half U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _middle_cut(text: str) -> int:
+    """Where to halve ``text`` (0 < cut < len): the space nearest its middle, else the
+    grapheme boundary nearest it, else (one grapheme of many code points) the middle."""
+    assert len(text) > 1
+    middle = len(text) // 2
+    cuts = [i for i in range(1, len(text)) if text[i].isspace()]
+    if not cuts:
+        cuts = [m.end() for m in regex.finditer(r"\X", text)][:-1]
+    return min(cuts, key=lambda i: abs(i - middle)) if cuts else middle
 
 
 class _AsyncSink:
@@ -75,9 +102,21 @@ class _AsyncSink:
     def on_done(self, request: Request) -> None:  # engine thread
         self._put(self._DONE)
 
-    async def audio(self) -> AsyncIterator[np.ndarray]:
-        """Audio pieces until the request ends; raises the request's error, if any."""
-        while (item := await self._queue.get()) is not self._DONE:
+    async def audio(self, keepalive: Callable[[], None], interval: float) -> AsyncIterator[np.ndarray]:
+        """Audio pieces until the request ends; raises the request's error, if any.
+
+        ``keepalive`` is called every ``interval`` seconds that pass without audio: the
+        engine is still at work on the request (prefill, other requests, a loaded CPU).
+        """
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    item = await self._queue.get()
+            except TimeoutError:
+                keepalive()
+                continue
+            if item is self._DONE:
+                break
             yield item
         assert self.request is not None
         if self.request.error is not None:
@@ -118,7 +157,7 @@ class LocalTTSService(TTSService):
     def __init__(
         self,
         *,
-        model: str | OrpheusModel = DEFAULT_MODEL_ID,
+        model: str | os.PathLike[str] | OrpheusModel = DEFAULT_MODEL_ID,
         voice: str = DEFAULT_VOICE,
         device: str | None = None,
         dtype: Any = None,
@@ -132,6 +171,30 @@ class LocalTTSService(TTSService):
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
+        # Wrong types fail here, naming the argument, not at the first request.
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        allowed = "a hub id or directory (str or os.PathLike) or an OrpheusModel"
+        check_type("model", model, (str, OrpheusModel), allowed)
+        if isinstance(model, str) and not model.strip():
+            raise ValueError(f"model must be {allowed}, got an empty string")
+        check_type("voice", voice, str, "a voice name (str)")
+        if voices is not None and (
+            isinstance(voices, str)
+            or not isinstance(voices, Sequence)
+            or not all(isinstance(v, str) for v in voices)
+        ):
+            raise TypeError(f"voices must be a sequence of voice names (str) or None, got {voices!r}")
+        check_type("params", params, (GenerationParams, type(None)), "a GenerationParams or None")
+        check_type("chunking", chunking, (ChunkerConfig, type(None)), "a ChunkerConfig or None")
+        check_int("frames_per_decode", frames_per_decode, "an int >= 1")
+        if frames_per_decode < 1:
+            raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
+        check_type("compile", compile, (bool, type(None)), "a bool or None (None: on CUDA)")
+        check_number("edge_fade_ms", edge_fade_ms, "a finite number >= 0")
+        if edge_fade_ms < 0:
+            raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
+        check_type("engine_pool", engine_pool, (bool, type(None)), "a bool or None (None: automatic)")
         loaded = model if isinstance(model, OrpheusModel) else None
         model_name = loaded.name if loaded is not None else str(model)
         default_settings = self.Settings(model=model_name, voice=voice, language=Language.EN)
@@ -154,12 +217,8 @@ class LocalTTSService(TTSService):
         self._chunking = chunking or ChunkerConfig()
         self._text_aggregator = AdaptiveTextAggregator(self._chunking)
         self._params = params or GenerationParams()
-        if frames_per_decode < 1:
-            raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
         self._frames_per_decode = frames_per_decode
         self._compile = compile
-        if edge_fade_ms < 0:
-            raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
         self._edge_fade_ms = edge_fade_ms
         self._engine_pool = engine_pool
         self._model_source = model
@@ -173,6 +232,9 @@ class LocalTTSService(TTSService):
             )
         self._engine: TTSEngine | None = None
         self._load_error: Exception | None = None
+        # Contexts whose failure run_tts has reported (an ErrorFrame), until they end.
+        self._failed_contexts: set[str] = set()
+        self._split_logged_for: str | None = None  # the last context whose text had to be split
         self._load_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -315,25 +377,59 @@ class LocalTTSService(TTSService):
 
         return soxr.ResampleStream(self._model.sample_rate, self.sample_rate, 1, dtype="float32")
 
+    def _requests(self, text: str, context_id: str) -> list[str]:
+        """The texts of the engine requests for ``text``: chunks, each a prompt that fits."""
+        text = _well_formed(text)
+        # Aggregated LLM text is already chunked; a long TTSSpeakFrame text is not.
+        long = text_width(text) > self._chunking.max_chunk_chars
+        chunks = split_text(text, self._chunking) if long else [text]
+        pieces = [piece for chunk in chunks for piece in self._fit_prompt(chunk)]
+        if len(pieces) > len(chunks) and self._split_logged_for != context_id:
+            self._split_logged_for = context_id  # once per turn, however many chunks
+            logger.warning(
+                f"{self}: text over the {PROMPT_BUDGET}-token prompt budget (emoji, rare "
+                f"scripts?) in this turn: split further, {len(pieces)} pieces of {len(chunks)} chunks"
+            )
+        return [piece for piece in pieces if is_speakable(piece)]
+
+    def _fit_prompt(self, text: str) -> list[str]:
+        """``text`` in pieces whose prompts fit the engine's prompt budget.
+
+        Chunks are bounded in characters, but one character can be several tokens (up to 4
+        byte-level tokens for emoji or rare CJK), and a prompt longer than the budget eats
+        the room for audio or does not fit the cache at all. Such a chunk is halved, at a
+        space if it has one, until every piece fits.
+        """
+        if self._model is None:  # not loaded: _submit says so
+            return [text]
+        if len(self._model.build_prompt(text, str(self._settings.voice))) <= PROMPT_BUDGET:
+            return [text]
+        cut = _middle_cut(text)  # a single code point always fits: len(text) > 1
+        return self._fit_prompt(text[:cut].rstrip()) + self._fit_prompt(text[cut:].lstrip())
+
+    @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Speak ``text``: one engine request per chunk, audio streamed as it is decoded."""
         await self.start_tts_usage_metrics(text)
-        # Aggregated LLM text is already chunked; a long TTSSpeakFrame text is not.
-        long = len(text) > self._chunking.max_chunk_chars
-        chunks = [c for c in (split_text(text, self._chunking) if long else [text]) if is_speakable(c)]
-        if not chunks:
-            return
+        # Pipecat ends a context that goes stop_frame_timeout_s without audio as one that
+        # has none (an error). A busy engine (prefill, other requests, a loaded CPU) can take
+        # longer than that to the first audio: keep the context open while it works.
+        keepalive = functools.partial(self._refresh_audio_context, context_id)
+        interval = max(self._stop_frame_timeout_s / 2, 0.01)
+        keepalive()  # this request's wait starts now, not at the context's last audio
         sinks: list[_AsyncSink] = []
         first_audio = True
         try:
-            sinks.append(self._submit(chunks[0]))
+            chunks = self._requests(text, context_id)
+            if chunks:
+                sinks.append(self._submit(chunks[0]))
             for i in range(len(chunks)):
                 # Queue the next chunk now so the engine goes straight on to it.
                 if i + 1 < len(chunks):
                     sinks.append(self._submit(chunks[i + 1]))
                 resampler = self._new_resampler()
                 edges = EdgeFade(self._fade_samples)
-                async for pcm in sinks[i].audio():
+                async for pcm in sinks[i].audio(keepalive, interval):
                     if first_audio:
                         await self.stop_ttfb_metrics()
                         first_audio = False
@@ -344,9 +440,24 @@ class LocalTTSService(TTSService):
                     yield frame
         except Exception as e:
             logger.warning(f"{self}: {type(e).__name__}: {e}")
+            self._failed_contexts.add(context_id)
             yield ErrorFrame(error=f"{self}: {e}", exception=e)
         finally:
             # Interruption/cancel lands here as CancelledError: stop the engine's work too.
             for sink in sinks:
                 if sink.request is not None:
                     sink.request.cancel()
+
+    async def _record_context_audio_outcome(self, context_id: str, received_audio: bool) -> None:
+        # Pipecat reports a context that ended without audio as an error, to catch providers
+        # that fail silently. A failed request was reported by run_tts, with its cause; a
+        # second, vaguer error about the same context would only be noise.
+        if context_id in self._failed_contexts:
+            self._failed_contexts.discard(context_id)
+            return
+        await super()._record_context_audio_outcome(context_id, received_audio)
+
+    async def on_audio_context_interrupted(self, context_id: str) -> None:
+        """An interrupted context never completes: forget it here."""
+        self._failed_contexts.discard(context_id)
+        await super().on_audio_context_interrupted(context_id)

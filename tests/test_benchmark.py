@@ -57,7 +57,8 @@ def test_benchmark_suite_runs_and_writes_json_and_plot(tmp_path):
     step, ttfa, interruption, memory = r["step"], r["ttfa"], r["interruption"], r["memory"]
     for key in ("bare_forward_ms", "engine_step_ms", "generate_step_ms", "engine_rtf", "generate_rtf"):
         assert step[key] > 0
-    assert step["engine_vs_bare"] == pytest.approx(step["engine_step_ms"] / step["bare_forward_ms"])
+    # Both sides timed the 35 tokens asked for, not a request cut short.
+    assert step["tokens_per_request"] == step["engine_tokens"] == step["generate_tokens"] == 35
     # The adaptive chunker sends the first clause; Pipecat's aggregator the whole sentence.
     assert ttfa["adaptive"]["first_chunk_chars"] < ttfa["sentence"]["first_chunk_chars"]
     assert ttfa["adaptive"]["first_chunk_chars"] == len("Well, the short answer is yes,")

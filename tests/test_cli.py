@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import wave
@@ -70,6 +71,29 @@ def test_unavailable_weights_exit_nonzero_with_one_clear_message(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "canopylabs/orpheus-3b-0.1-ft" in lines[0] and "--model DIR" in lines[0]
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_model_directory_that_does_not_exist_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["say", "hi", "--out", str(tmp_path / "x.wav"), "--model", str(missing)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"error: model directory {missing} does not exist"]
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_say_prints_no_deprecation_warnings(tmp_path):
+    # The user's console as it is: Python's default warning filters, nothing inherited.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipecat_localtts.cli", "say", "Hello there.", "--out", str(tmp_path / "x.wav"),
+         "--model", "tiny"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    noise = [line for line in proc.stderr.splitlines() if re.search(r"(Future|Deprecation)Warning", line)]
+    assert not noise, proc.stderr
 
 
 def test_console_script_is_installed():

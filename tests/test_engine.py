@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from pipecat_localtts.engine.engine import BlockingSink, Request, TTSEngine
+from pipecat_localtts.engine.lm import CausalLM
 from pipecat_localtts.engine.sampling import GenerationParams, apply_repetition_penalty, sample_token
 from pipecat_localtts.errors import EngineClosedError, GenerationError, UnknownVoiceError
 from pipecat_localtts.models import orpheus as o
@@ -362,3 +364,13 @@ def test_kv_cache_is_allocated_once_and_reused_across_utterances(engine):
         assert (layer.keys.data_ptr(), layer.values.data_ptr()) == pointers
     assert layer.keys.shape[-2] == engine._lm.max_len  # static shape: the full length
     assert engine._lm.pos == 0 and not layer.keys.any()  # reset between utterances
+
+
+def test_decoding_calls_the_model_without_deprecated_arguments(model):
+    lm = CausalLM(model.lm, max_len=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning/DeprecationWarning from our calls fails
+        lm.prefill(model.build_prompt("Hello there.", "tara"))
+        lm.step(o.AUDIO_TOKEN_BASE)
+        lm.reset()
+    assert lm.pos == 0

@@ -247,8 +247,8 @@ async def test_model_error_becomes_error_frame_and_next_turn_works():
     finally:
         handle.remove()
     errors = [f for f in up if isinstance(f, ErrorFrame)]
-    # Ours first; Pipecat then also reports the context that ended without audio.
-    assert "out of memory" in errors[0].error
+    # Ours, with the cause; not a second one from Pipecat about the context left without audio.
+    assert len(errors) == 1 and "out of memory" in errors[0].error
     assert [r.finish_reason for r in service._history][0] == "error"
     assert service._history[1].finish_reason in ("length", "stop")
     assert samples(audio_frames(down)) == generated_samples(service._history) > 0
@@ -415,3 +415,29 @@ def test_pooling_follows_compilation_unless_asked():
     assert make_service(model=model, engine_pool=True)._pooled(model)
     # A service that loads its own weights never pools them (nobody else shares them).
     assert not LocalTTSService(model="some/checkpoint", compile=True)._pooled(model)
+
+
+async def test_run_tts_is_traced_when_tracing_is_on_and_speaks_the_same_when_off(monkeypatch):
+    from live_pipeline import LivePipeline
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)  # not the global provider
+    spans = {}
+    for tracing in (False, True):
+        service = make_service()
+        async with LivePipeline(service, enable_tracing=tracing) as p:
+            await p.send(TTSSpeakFrame("Trace me, please."))
+            await p.until(lambda: p.started_contexts() and p.stopped(p.started_contexts()[0]), 30, "speech")
+        assert not p.errors and samples(p.audio()) == generated_samples(service._history)
+        spans[tracing] = [s for s in exporter.get_finished_spans() if s.name == "tts"]
+        exporter.clear()
+    assert spans[False] == []  # tracing not configured: nothing recorded, nothing broken
+    (span,) = spans[True]
+    assert span.attributes["text"].strip() == "Trace me, please."
+    assert span.attributes["gen_ai.request.model"] == "tiny"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -342,10 +341,9 @@ def test_load_snac_offline_unknown_id_fails_fast(monkeypatch) -> None:
         raise OSError("network access attempted in test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    start = time.monotonic()
+    # Fast because it never waits on the network (no timing figure: the machine may be loaded).
     with pytest.raises(ModelLoadError) as info:
         load_snac("no-such-org/no-such-snac-model")
-    assert time.monotonic() - start < 10
     assert connects == []
     message = str(info.value)
     assert "no-such-org/no-such-snac-model" in message
@@ -353,5 +351,12 @@ def test_load_snac_offline_unknown_id_fails_fast(monkeypatch) -> None:
     assert info.value.__cause__ is not None
 
 
-def test_hub_id_constant() -> None:
-    assert SNAC_24KHZ_HUB_ID == "hubertsiuzdak/snac_24khz"
+def test_the_default_codec_hub_id_not_in_the_cache_is_a_load_error_naming_it(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(ModelLoadError) as info:
+        load_snac(SNAC_24KHZ_HUB_ID, local_files_only=True)
+    message = str(info.value)
+    assert "hub id 'hubertsiuzdak/snac_24khz' (offline mode" in message
+    assert "local directory containing config.json and pytorch_model.bin" in message

@@ -91,9 +91,11 @@ class CausalLM:
         if n + 1 > self.max_len:
             raise ValueError(f"prompt of {n} tokens does not fit the {self.max_len}-token cache")
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, n]
+        # ``cache=``, not ``past_key_values=``: transformers 5.24 deprecates the old name (a
+        # FutureWarning on the user's console) and 5.40 removes it.
         out = self.body(
             input_ids=input_ids,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             cache_position=torch.arange(n, device=self.device),
         )
@@ -103,7 +105,7 @@ class CausalLM:
     def _body_step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         # token: [1, 1], position: [1] -> hidden: [H]
         out = self.body(
-            input_ids=token, past_key_values=self.cache, use_cache=True, cache_position=position
+            input_ids=token, cache=self.cache, use_cache=True, cache_position=position
         )
         return out.last_hidden_state[0, -1]
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pipecat_localtts.validation import check_int, check_number, check_type
+
+SEED_MIN, SEED_END = -(2**63), 2**64  # the seeds torch.Generator.manual_seed accepts
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -26,17 +30,26 @@ class GenerationParams:
     max_tokens: int = 2048  # absolute cap of generated tokens per utterance
 
     def __post_init__(self) -> None:
+        check_number("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        check_number("top_p", self.top_p, "a finite number in (0, 1]")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_number("repetition_penalty", self.repetition_penalty, "a finite number >= 1")
         if not self.repetition_penalty >= 1:
             raise ValueError(f"repetition_penalty must be >= 1, got {self.repetition_penalty}")
-        if not self.guard_seconds_per_char > 0 or not self.guard_min_seconds > 0:
-            raise ValueError(
-                "guard_seconds_per_char and guard_min_seconds must be > 0, got "
-                f"{self.guard_seconds_per_char} and {self.guard_min_seconds}"
-            )
+        if self.seed is not None:
+            check_int("seed", self.seed, "an int in [-2**63, 2**64) or None")
+            if not SEED_MIN <= self.seed < SEED_END:
+                raise ValueError(f"seed must be in [-2**63, 2**64) or None, got {self.seed}")
+        check_type("constrain_audio_tokens", self.constrain_audio_tokens, bool, "a bool")
+        for name in ("guard_seconds_per_char", "guard_min_seconds"):
+            value = getattr(self, name)
+            check_number(name, value, "a finite number > 0")
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        check_int("max_tokens", self.max_tokens, "an int >= 7 (one frame)")
         if self.max_tokens < 7:
             raise ValueError(f"max_tokens must allow at least one frame (>= 7), got {self.max_tokens}")
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from pipecat_localtts.chunking import text_width
 from pipecat_localtts.codecs.snac import SNAC_24KHZ_HUB_ID, SNACCodec, hub_offline, load_snac
 from pipecat_localtts.errors import ModelLoadError, UnknownVoiceError
 
@@ -188,9 +189,15 @@ class OrpheusModel:
         return voice
 
     def build_prompt(self, text: str, voice: str) -> list[int]:
-        """Prompt ids: start_of_human, BOS + tokens of "voice: text", then the speech header."""
+        """Prompt ids: start_of_human, BOS + tokens of "voice: text", then the speech header.
+
+        The text is always tokenized as text: a special-token string in it (``<|eot_id|>``,
+        ``<custom_token_5>``) becomes the tokens of its characters, never a control token.
+        """
         self.check_voice(voice)
-        ids = self.tokenizer(f"{voice}: {text}", add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer(
+            f"{voice}: {text}", add_special_tokens=True, split_special_tokens=True
+        )["input_ids"]
         if not ids or ids[0] != BEGIN_OF_TEXT:
             ids = [BEGIN_OF_TEXT, *ids]
         return [*PROMPT_PREFIX, *ids, *PROMPT_SUFFIX]
@@ -205,10 +212,12 @@ class OrpheusModel:
         """Max-token guard: audio long enough for slow speech of ``text``, whole frames.
 
         Random weights never emit the stop token and a real model sometimes runs on; this
-        bounds both. Each emotive tag counts as one extra second.
+        bounds both. Each emotive tag counts as one extra second; a wide (CJK) character counts
+        as two characters.
         """
         tags = len(_TAG_RE.findall(text))
-        speakable_chars = len(_TAG_RE.sub("", text).strip())
+        # A Han character takes longer to say than a Latin letter: wide ones count twice.
+        speakable_chars = text_width(_TAG_RE.sub("", text).strip())
         seconds = max(min_seconds, speakable_chars * seconds_per_char + tags * 1.0)
         frames = math.ceil(seconds / self.frame_seconds)
         budget = frames * TOKENS_PER_FRAME
@@ -252,6 +261,40 @@ def _load_hint(model: str) -> str:
     )
 
 
+def _looks_like_path(model: str) -> bool:
+    """Whether ``model`` is meant as a local directory rather than a hub id ("org/name").
+
+    Absolute, ``./``, ``../`` and ``~`` paths are; so is a relative path whose first
+    component is an existing directory here (``models/orpheus`` next to ``models/``), and one
+    with more components than a hub id has.
+    """
+    if model.startswith(("./", "../", "~")) or model in (".", "..") or Path(model).is_absolute():
+        return True
+    parts = Path(model).parts
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _check_local_checkpoint(model: str, local: Path) -> None:
+    """Raise a clear :class:`ModelLoadError` when ``model`` names an unusable local path.
+
+    A hub id passes (the hub is asked); so does a directory with a ``config.json``.
+    """
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(
+                f"model directory {local.resolve()} has no config.json: it is not a "
+                f"transformers checkpoint (expected config.json, the weights and the tokenizer "
+                f"files, as written by save_pretrained or huggingface-cli download)"
+            )
+    elif local.exists():
+        raise ModelLoadError(
+            f"model path {local.resolve()} is a file, not a checkpoint directory; pass the "
+            f"directory that holds config.json"
+        )
+    elif _looks_like_path(model):
+        raise ModelLoadError(f"model directory {local.resolve()} does not exist")
+
+
 def load_orpheus(
     model: str = DEFAULT_MODEL_ID,
     *,
@@ -278,6 +321,7 @@ def load_orpheus(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     local = Path(model).expanduser()
+    _check_local_checkpoint(model, local)
     if local.is_dir():
         model = str(local)
         if snac is None and (local / "snac" / "config.json").is_file():
