@@ -19,6 +19,12 @@ sequence would produce. Two things make that possible:
   a fixed pseudo-random sequence indexed by absolute position, so every window sees the
   same noise an offline decode would.
 
+Windows of many streams can be decoded in one batched forward pass
+(:meth:`SNACCodec.decode_windows`): each batch row gets the noise of its own absolute
+positions, and windows are grouped by length (padding to a common length is not exact).
+:class:`SNACStream` exposes a two-phase API (``pending_window`` / ``accept``) for that;
+:class:`SNACCodec` implements :class:`~pipecat_localtts.codecs.base.StreamingCodec`.
+
 The canonical frame layout used by this module is codebook-major::
 
     [c0, c1_0, c1_1, c2_0, c2_1, c2_2, c2_3]
@@ -33,13 +39,14 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pipecat_localtts.codecs.base import CodecWindow
 from pipecat_localtts.errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,11 +139,15 @@ class PositionalNoiseBlock(nn.Module):
     a fixed value determined by ``(seed, layer_index, p)``. The caller sets
     :attr:`offset` to the absolute position of the first element of the current input,
     which makes the output of a window identical to the matching slice of an offline
-    decode.
+    decode. :attr:`offset` is either one int for every batch row, or one int per row
+    (a sequence or 1-D tensor of length ``B``), so windows of different streams can share
+    one batched decode.
 
     The noise is generated lazily in blocks of :data:`NOISE_BLOCK_SIZE` positions, each
     from its own ``torch.Generator`` seeded from ``(seed, layer_index, block_index)``, on
-    the CPU (so it is the same on every device) and cached on the input's device.
+    the CPU (so it is the same on every device) and cached on the input's device. The
+    cache keeps at least :data:`NOISE_CACHE_BLOCKS` blocks, and grows to hold every block
+    one batched call touched (rows at far-apart positions touch different blocks).
 
     Args:
         linear: The original block's ``linear`` (1x1 weight-normed conv); kept as the
@@ -152,9 +163,11 @@ class PositionalNoiseBlock(nn.Module):
         self.layer_index = int(layer_index)
         self.upsample = int(upsample)
         self.seed = int(seed)
-        #: Absolute position (at this layer's resolution) of the next input's first element.
-        self.offset = 0
+        #: Absolute position (at this layer's resolution) of the next input's first element:
+        #: an int for all rows, or one int per batch row.
+        self.offset: int | Sequence[int] | torch.Tensor = 0
         self._cache: OrderedDict[tuple[int, torch.device, torch.dtype], torch.Tensor] = OrderedDict()
+        self._capacity = NOISE_CACHE_BLOCKS
 
     def extra_repr(self) -> str:
         return f"layer_index={self.layer_index}, upsample={self.upsample}, seed={self.seed}"
@@ -170,7 +183,7 @@ class PositionalNoiseBlock(nn.Module):
         block = torch.randn(NOISE_BLOCK_SIZE, generator=gen, dtype=torch.float32)  # [BS]
         block = block.to(device=device, dtype=dtype)
         self._cache[key] = block
-        while len(self._cache) > NOISE_CACHE_BLOCKS:
+        while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
         return block
 
@@ -197,8 +210,51 @@ class PositionalNoiseBlock(nn.Module):
         begin = start - first * NOISE_BLOCK_SIZE
         return flat[begin : begin + length]
 
+    def noise_rows(
+        self, starts: Sequence[int], length: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Returns, for each row ``b``, the noise at positions ``[starts[b], starts[b] + length)``.
+
+        Row ``b`` equals ``noise(starts[b], length, ...)``. The blocks all rows touch are
+        laid end to end once and every row is gathered from them in one indexing op.
+
+        Args:
+            starts: First absolute position of each row (each >= 0).
+            length: Number of positions per row.
+            device: Device of the result.
+            dtype: Dtype of the result.
+
+        Returns:
+            Tensor of shape ``[len(starts), length]``.
+        """
+        starts = [int(s) for s in starts]
+        if starts and min(starts) < 0:
+            raise ValueError(f"noise positions must be >= 0, got starts={starts}")
+        if length <= 0 or not starts:
+            return torch.zeros(len(starts), max(length, 0), device=device, dtype=dtype)
+        firsts = [s // NOISE_BLOCK_SIZE for s in starts]
+        lasts = [(s + length - 1) // NOISE_BLOCK_SIZE for s in starts]
+        ids = sorted({i for f, last in zip(firsts, lasts) for i in range(f, last + 1)})
+        # A row's blocks are consecutive integers, so they are consecutive in ``ids`` too.
+        where = {block: k for k, block in enumerate(ids)}
+        self._capacity = max(self._capacity, NOISE_CACHE_BLOCKS + len(ids))
+        blocks = [self._block(i, device, dtype) for i in ids]
+        flat = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # [U * BS]
+        begins = [where[f] * NOISE_BLOCK_SIZE + s - f * NOISE_BLOCK_SIZE for s, f in zip(starts, firsts)]
+        index = torch.tensor(begins, device=device)[:, None] + torch.arange(length, device=device)  # [B, T]
+        return flat[index]  # [B, T]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T]
-        noise = self.noise(self.offset, x.shape[-1], x.device, x.dtype).view(1, 1, -1)  # [1, 1, T]
+        offset = self.offset
+        if isinstance(offset, torch.Tensor):
+            offset = offset.tolist()  # an int (0-d) or a list of ints
+        if isinstance(offset, (int, np.integer)):
+            noise = self.noise(int(offset), x.shape[-1], x.device, x.dtype).view(1, 1, -1)  # [1, 1, T]
+        else:
+            starts = list(offset)
+            if len(starts) != x.shape[0]:
+                raise ValueError(f"{len(starts)} noise offsets for a batch of {x.shape[0]} rows")
+            noise = self.noise_rows(starts, x.shape[-1], x.device, x.dtype).unsqueeze(1)  # [B, 1, T]
         h = self.linear(x)  # [B, C, T]
         return x + noise * h
 
@@ -370,8 +426,9 @@ class SNACCodec:
 
     The codec takes ownership of ``model``: its noise blocks are replaced by
     :class:`PositionalNoiseBlock` (weights unchanged), it is put in eval mode and moved
-    to ``device``. Decoding is serialised by a lock, so one codec can serve several
-    streams from different threads.
+    to ``device``. Each decode call holds a lock (the noise offsets are module state), so
+    one codec can serve several threads; to decode many streams at once, batch their
+    windows into one :meth:`decode_windows` call instead.
 
     Args:
         model: A ``snac.SNAC`` (pretrained or random).
@@ -485,6 +542,34 @@ class SNACCodec:
 
     # ------------------------------------------------------------------ decoding
 
+    def _decode_batch(self, codes: torch.Tensor, start_frames: Sequence[int]) -> torch.Tensor:
+        """Decodes equal-length windows of validated frames in one forward pass.
+
+        Args:
+            codes: ``[B, n, codes_per_frame]`` long tensor on :attr:`device`, ``n >= 1``.
+            start_frames: Absolute frame index of each row's first frame (for the noise).
+
+        Returns:
+            Float tensor ``[B, n * samples_per_frame]`` on :attr:`device`.
+        """
+        batch, n = codes.shape[0], codes.shape[1]
+        # Codebook i: [B, n, codes_per_codebook[i]] -> [B, n * codes_per_codebook[i]] (time-major).
+        per_codebook = [codes[:, :, sl].reshape(batch, -1) for sl in self._code_slices]
+        latent_starts = [int(f) * self.latents_per_frame for f in start_frames]
+        with self._lock, torch.inference_mode():
+            try:
+                for block in self._noise:
+                    if batch == 1:  # the scalar path: one slice, broadcast
+                        block.offset = latent_starts[0] * block.upsample
+                    else:
+                        block.offset = [start * block.upsample for start in latent_starts]
+                audio = self.model.decode(per_codebook)  # [B, 1, n * samples_per_frame]
+            finally:
+                if batch != 1:  # leave a scalar behind for direct ``model.decode`` calls
+                    for block in self._noise:
+                        block.offset = 0
+        return audio.reshape(batch, -1)[:, : n * self.samples_per_frame]
+
     def _decode_window(self, codes: torch.Tensor, start_frame: int) -> torch.Tensor:
         """Decodes validated frames that start at absolute frame ``start_frame``.
 
@@ -495,15 +580,53 @@ class SNACCodec:
         Returns:
             Float tensor ``[n * samples_per_frame]`` on :attr:`device`.
         """
-        n = codes.shape[0]
-        # Codebook i: [n, codes_per_codebook[i]] -> [1, n * codes_per_codebook[i]] (time-major).
-        per_codebook = [codes[:, sl].reshape(1, -1) for sl in self._code_slices]
-        latent_start = start_frame * self.latents_per_frame
-        with self._lock, torch.inference_mode():
-            for block in self._noise:
-                block.offset = latent_start * block.upsample
-            audio = self.model.decode(per_codebook)  # [1, 1, n * samples_per_frame]
-        return audio.reshape(-1)[: n * self.samples_per_frame]
+        return self._decode_batch(codes[None], [start_frame])[0]
+
+    def decode_windows(self, windows: Sequence[CodecWindow | tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """Decodes several windows (of one or many streams) in as few forward passes as possible.
+
+        Windows of the same length are stacked into one batch (each row gets the noise of
+        its own absolute positions); windows of different lengths get one forward pass per
+        length. They are not padded to a common length, because padding is not exact: the
+        decoder zero-pads every layer at a window's edges, as an offline decode does at the
+        utterance's edges, whereas padded codes decode to non-zero activations there, which
+        changes the audio within the receptive field of the padded side. That is harmless
+        only on a side with full context; a flush window (truncated right context) and a
+        first window (starting at frame 0) keep audio right up to their edge.
+
+        Args:
+            windows: ``(codes, start_frame)`` pairs: validated ``[n_i, codes_per_frame]``
+                long codes on :attr:`device` (``n_i >= 1``; e.g. from
+                :meth:`SNACStream.pending_window` or :meth:`validate_frames`) and the
+                absolute index of the window's first frame in its utterance.
+
+        Returns:
+            One float tensor ``[n_i * samples_per_frame]`` on :attr:`device` per window, in
+            order; each equals ``_decode_window(codes, start_frame)`` of that window alone
+            (up to float rounding of the batched convolutions).
+
+        Raises:
+            ValueError: On an empty window, a wrong shape or a negative start frame.
+        """
+        by_length: dict[int, list[int]] = {}
+        for i, (codes, start_frame) in enumerate(windows):
+            if codes.ndim != 2 or codes.shape[0] < 1 or codes.shape[1] != self.codes_per_frame:
+                raise ValueError(
+                    f"window {i}: codes must have shape [n >= 1, {self.codes_per_frame}], got {list(codes.shape)}"
+                )
+            if int(start_frame) < 0:
+                raise ValueError(f"window {i}: start_frame must be >= 0, got {start_frame}")
+            by_length.setdefault(int(codes.shape[0]), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(windows)
+        for rows in by_length.values():
+            if len(rows) == 1:
+                codes = windows[rows[0]][0][None]  # [1, n, F]
+            else:
+                codes = torch.stack([windows[i][0] for i in rows])  # [B, n, F]
+            audio = self._decode_batch(codes, [windows[i][1] for i in rows])  # [B, n * spf]
+            for row, i in enumerate(rows):
+                out[i] = audio[row]
+        return out  # type: ignore[return-value]
 
     def decode(self, frames: Any) -> np.ndarray:
         """Offline reference decode of a whole utterance.
@@ -518,6 +641,11 @@ class SNACCodec:
         if codes.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         return _to_numpy(self._decode_window(codes, 0))
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Frames that must follow a frame before its audio is final (:attr:`context_frames`)."""
+        return self.context_frames
 
     def stream(self, *, frames_per_decode: int = 1) -> SNACStream:
         """Starts a streaming decoder for one utterance (reusable via ``reset``).
@@ -540,11 +668,21 @@ class SNACStream:
     (fewer at the start of the utterance, where the decoder zero-pads exactly like an
     offline decode) and its samples are returned. The first emission happens as soon as
     frame 0 is final; afterwards the stream waits until ``frames_per_decode`` frames are
-    final and decodes them in one window. :meth:`flush` decodes the remaining frames with
-    the right context that exists. The concatenated output equals
+    final and decodes them in one window. At the end of the utterance the remaining
+    frames are decoded with the right context that exists. The concatenated output equals
     :meth:`SNACCodec.decode` of all frames.
 
-    Only frames still needed as left context are buffered, so memory stays bounded.
+    Two ways to drive it:
+
+    * On its own: :meth:`push` frames and :meth:`flush` at the end; each decodes its due
+      windows one by one.
+    * In two phases, so a worker can batch many streams: :meth:`feed` frames (and
+      :meth:`end` the utterance), take :meth:`pending_window` of each stream, decode them
+      all with one :meth:`SNACCodec.decode_windows`, hand each stream its window's audio
+      with :meth:`accept`; repeat while any stream has a window due.
+
+    Both give the same windows and the same samples. Only frames still needed as left
+    context are buffered, so memory stays bounded.
 
     Args:
         codec: The codec to decode with.
@@ -570,7 +708,9 @@ class SNACStream:
         self.frames_pushed = 0
         self.frames_emitted = 0
         self.samples_emitted = 0
-        self._finished = False
+        self._ended = False
+        # The window last handed out by pending_window(): (first kept, kept, win_start, win_end).
+        self._window: tuple[int, int, int, int] | None = None
 
     @property
     def buffered_frames(self) -> int:
@@ -578,9 +718,111 @@ class SNACStream:
         return int(self._buf.shape[0])
 
     @property
+    def ended(self) -> bool:
+        """Whether the utterance was ended (:meth:`end` or :meth:`flush`); no more frames."""
+        return self._ended
+
+    @property
     def finished(self) -> bool:
-        """Whether :meth:`flush` ended the utterance (call :meth:`reset` to reuse)."""
-        return self._finished
+        """Whether the utterance was ended and all its samples returned (:meth:`reset` to reuse)."""
+        return self._ended and self.frames_emitted == self.frames_pushed
+
+    # ------------------------------------------------------------------ two-phase API
+
+    def feed(self, frames: Any) -> int:
+        """Buffers frames without decoding anything.
+
+        Args:
+            frames: ``[k, codes_per_frame]`` integer codes in canonical order (``k`` may be 0).
+
+        Returns:
+            ``k``, the number of frames added.
+
+        Raises:
+            ValueError: Invalid frames (nothing is consumed then).
+            RuntimeError: The utterance was ended and the stream not reset.
+        """
+        if self._ended:
+            raise RuntimeError("SNACStream was flushed/ended; call reset() before pushing a new utterance")
+        codes = self.codec.validate_frames(frames)  # [k, codes_per_frame]
+        k = int(codes.shape[0])
+        if k:
+            self._buf = torch.cat([self._buf, codes])  # [buffered, codes_per_frame]
+            self.frames_pushed += k
+        return k
+
+    def end(self) -> None:
+        """Marks the end of the utterance: the remaining frames become due (truncated right context)."""
+        self._ended = True
+
+    def pending_window(self) -> CodecWindow | None:
+        """The window this stream would decode next, or ``None`` if none is due.
+
+        Due means: the first frame is final, or ``frames_per_decode`` frames are final, or
+        the utterance was ended and frames remain. A window keeps at most
+        ``max(frames_per_decode, MAX_FRAMES_PER_WINDOW)`` frames; when more are due, the next
+        call after :meth:`accept` returns the next window.
+
+        The stream is not changed, except that this window becomes the one :meth:`accept`
+        expects (a later call supersedes it).
+
+        Returns:
+            ``(codes [win_frames, codes_per_frame], start_frame)``, a view of the buffer, to
+            pass to :meth:`SNACCodec.decode_windows`; or ``None``.
+        """
+        ctx = self.codec.context_frames
+        final = self.frames_pushed if self._ended else max(0, self.frames_pushed - ctx)
+        due = final - self.frames_emitted
+        first = self.frames_emitted
+        if due <= 0 or (not self._ended and first > 0 and due < self.frames_per_decode):
+            self._window = None
+            return None
+        n = min(due, max(self.frames_per_decode, MAX_FRAMES_PER_WINDOW))
+        win_start = max(0, first - ctx)
+        win_end = min(self.frames_pushed, first + n + ctx)
+        assert win_start >= self._buf_start, "left context was dropped from the buffer"
+        self._window = (first, n, win_start, win_end)
+        codes = self._buf[win_start - self._buf_start : win_end - self._buf_start]  # [win_end - win_start, F]
+        return CodecWindow(codes, win_start)
+
+    def accept(self, audio: torch.Tensor) -> np.ndarray:
+        """Takes the decoded audio of the last :meth:`pending_window`; returns the PCM to emit.
+
+        Args:
+            audio: ``[win_frames * samples_per_frame]`` float tensor, the window's entry of
+                :meth:`SNACCodec.decode_windows`.
+
+        Returns:
+            float32 samples of the window's kept frames, continuing the previously returned ones.
+
+        Raises:
+            RuntimeError: No window is pending (none was asked for, or it was accepted).
+            ValueError: ``audio`` does not have the pending window's length.
+        """
+        return _to_numpy(self._accept(audio))
+
+    def _accept(self, audio: torch.Tensor) -> torch.Tensor:
+        if self._window is None:
+            raise RuntimeError("SNACStream.accept() without a pending window (call pending_window() first)")
+        first, n, win_start, win_end = self._window
+        spf = self.codec.samples_per_frame
+        if tuple(audio.shape) != ((win_end - win_start) * spf,):
+            raise ValueError(
+                f"audio of shape {list(audio.shape)} for a window of {win_end - win_start} frames "
+                f"(expected [{(win_end - win_start) * spf}])"
+            )
+        self._window = None
+        keep = audio[(first - win_start) * spf : (first + n - win_start) * spf]  # [n * spf]
+        self.frames_emitted += n
+        self.samples_emitted += keep.shape[0]
+        # Drop frames that can never be left context again.
+        keep_from = max(0, self.frames_emitted - self.codec.context_frames)
+        if keep_from > self._buf_start:
+            self._buf = self._buf[keep_from - self._buf_start :]
+            self._buf_start = keep_from
+        return keep
+
+    # ------------------------------------------------------------------ one stream on its own
 
     def push(self, frames: Any) -> np.ndarray:
         """Adds frames and returns the samples that became final.
@@ -595,25 +837,9 @@ class SNACStream:
             ValueError: Invalid frames (nothing is consumed then).
             RuntimeError: The stream was flushed and not reset.
         """
-        if self._finished:
-            raise RuntimeError("SNACStream was flushed; call reset() before pushing a new utterance")
-        codes = self.codec.validate_frames(frames)  # [k, codes_per_frame]
-        if codes.shape[0] == 0:
+        if self.feed(frames) == 0:
             return np.zeros(0, dtype=np.float32)
-        self._buf = torch.cat([self._buf, codes])  # [buffered, codes_per_frame]
-        self.frames_pushed += codes.shape[0]
-
-        ctx = self.codec.context_frames
-        outputs: list[torch.Tensor] = []
-        while True:
-            final = max(0, self.frames_pushed - ctx)
-            pending = final - self.frames_emitted
-            first = self.frames_emitted == 0
-            if pending <= 0 or (not first and pending < self.frames_per_decode):
-                break
-            n = min(pending, max(self.frames_per_decode, MAX_FRAMES_PER_WINDOW))
-            outputs.append(self._emit(n))
-        return self._collect(outputs)
+        return self._drain()
 
     def flush(self) -> np.ndarray:
         """Ends the utterance: returns every sample not yet emitted.
@@ -621,37 +847,14 @@ class SNACStream:
         The last frames are decoded without the missing right context, which matches an
         offline decode (the decoder zero-pads past the end in both cases).
         """
-        if self._finished:
-            return np.zeros(0, dtype=np.float32)
+        self.end()
+        return self._drain()
+
+    def _drain(self) -> np.ndarray:
+        """Decodes the due windows one by one; their kept samples, concatenated."""
         outputs: list[torch.Tensor] = []
-        while self.frames_emitted < self.frames_pushed:
-            n = min(self.frames_pushed - self.frames_emitted, max(self.frames_per_decode, MAX_FRAMES_PER_WINDOW))
-            outputs.append(self._emit(n))
-        self._finished = True
-        return self._collect(outputs)
-
-    def _emit(self, n: int) -> torch.Tensor:
-        """Decodes frames ``[frames_emitted, frames_emitted + n)`` with context; trims the buffer."""
-        ctx = self.codec.context_frames
-        spf = self.codec.samples_per_frame
-        first = self.frames_emitted
-        win_start = max(0, first - ctx)
-        win_end = min(self.frames_pushed, first + n + ctx)
-        assert win_start >= self._buf_start, "left context was dropped from the buffer"
-        window = self._buf[win_start - self._buf_start : win_end - self._buf_start]  # [win_end - win_start, F]
-        audio = self.codec._decode_window(window, win_start)  # [(win_end - win_start) * spf]
-        keep = audio[(first - win_start) * spf : (first + n - win_start) * spf]  # [n * spf]
-        self.frames_emitted += n
-        self.samples_emitted += keep.shape[0]
-        # Drop frames that can never be left context again.
-        keep_from = max(0, self.frames_emitted - ctx)
-        if keep_from > self._buf_start:
-            self._buf = self._buf[keep_from - self._buf_start :]
-            self._buf_start = keep_from
-        return keep
-
-    @staticmethod
-    def _collect(outputs: list[torch.Tensor]) -> np.ndarray:
+        while (window := self.pending_window()) is not None:
+            outputs.append(self._accept(self.codec._decode_window(*window)))
         if not outputs:
             return np.zeros(0, dtype=np.float32)
         return _to_numpy(outputs[0] if len(outputs) == 1 else torch.cat(outputs))

@@ -26,7 +26,7 @@ from pipecat_localtts.errors import GenerationError
 
 if TYPE_CHECKING:
     from pipecat_localtts.codecs.snac import SNACCodec, SNACStream
-    from pipecat_localtts.engine.engine import Request
+    from pipecat_localtts.engine.request import Request
 
 _FRAME, _END = "frame", "end"
 _STOP = object()

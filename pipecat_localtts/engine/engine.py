@@ -17,14 +17,10 @@ batched decode step; today they run one after another in submission order.
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +28,7 @@ from loguru import logger
 
 from pipecat_localtts.engine.codec_worker import CodecWorker
 from pipecat_localtts.engine.lm import CausalLM
+from pipecat_localtts.engine.request import AudioSink, BlockingSink, NullSink, Request
 from pipecat_localtts.engine.sampling import (
     GenerationParams,
     apply_repetition_penalty,
@@ -41,93 +38,10 @@ from pipecat_localtts.engine.sampling import (
 from pipecat_localtts.errors import EngineClosedError, GenerationError
 from pipecat_localtts.models.orpheus import OrpheusModel, slot_token_range
 
+# Request and the sinks live in request.py; they are re-exported here for callers.
+__all__ = ["PROMPT_BUDGET", "AudioSink", "BlockingSink", "NullSink", "Request", "TTSEngine"]
+
 PROMPT_BUDGET = 512  # cache room reserved for the prompt, in tokens
-
-
-class AudioSink(Protocol):
-    """Where a request's output goes. Called on the engine's codec thread; must not block."""
-
-    def on_audio(self, pcm: np.ndarray) -> None:
-        """A piece of float32 mono audio at the codec's sample rate."""
-
-    def on_done(self, request: Request) -> None:
-        """The request ended (see ``request.finish_reason`` and ``request.error``)."""
-
-
-@dataclass(eq=False)
-class Request:
-    """One utterance to generate. Created by :meth:`TTSEngine.submit`."""
-
-    text: str
-    prompt_ids: list[int]
-    max_new_tokens: int
-    params: GenerationParams
-    sink: AudioSink
-    id: int = field(default_factory=itertools.count().__next__)
-    # Filled in by the engine thread:
-    tokens: list[int] = field(default_factory=list)  # generated token ids
-    steps: int = 0  # model forward passes run (prefill included)
-    audio_samples: int = 0
-    dropped_frames: int = 0
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    error: BaseException | None = None
-    steps_at_cancel: int | None = None
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_start: float | None = None
-    t_prefilled: float | None = None
-    t_first_window: float | None = None  # the codec decode that gave the first audio began
-    t_first_audio: float | None = None
-    t_lm_done: float | None = None  # the LM thread was free again
-    t_done: float | None = None
-    lm_seconds: float = 0.0  # time in model steps and sampling (prefill excluded)
-    codec_seconds: float = 0.0  # time in codec decodes
-    record: bool = True  # False for warm-up requests: kept out of the history
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    _done: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def cancel(self) -> None:
-        """Ask the engine to stop this request; safe from any thread, idempotent."""
-        if not self._cancel.is_set():
-            self.steps_at_cancel = self.steps
-            self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called."""
-        return self._cancel.is_set()
-
-    @property
-    def done(self) -> bool:
-        """Whether the engine has finished with this request."""
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the engine has finished with the request."""
-        return self._done.wait(timeout)
-
-
-class BlockingSink:
-    """A sink for synchronous callers: iterate it to get audio pieces as they come."""
-
-    _END = object()
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
-
-    def on_audio(self, pcm: np.ndarray) -> None:
-        self._queue.put(pcm)
-
-    def on_done(self, request: Request) -> None:
-        self._queue.put((self._END, request))
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, tuple) and item[0] is self._END:
-                if item[1].error is not None:
-                    raise item[1].error
-                return
-            yield item
 
 
 class TTSEngine:
@@ -295,7 +209,7 @@ class TTSEngine:
                 prompt_ids=prompt,
                 max_new_tokens=params.max_tokens,
                 params=params,
-                sink=_NullSink(),
+                sink=NullSink(),
                 record=False,
             )
             self._end(req, self._generate(req))
@@ -434,13 +348,3 @@ class TTSEngine:
         if index < hi - lo:
             return lo + index
         return int(self._stop_ids[index - (hi - lo)])
-
-
-class _NullSink:
-    """Discards audio (warm-up)."""
-
-    def on_audio(self, pcm: np.ndarray) -> None:
-        pass
-
-    def on_done(self, request: Request) -> None:
-        pass

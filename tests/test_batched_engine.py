@@ -1,0 +1,212 @@
+"""The batched engine: many requests in one decode step, each as if it ran alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipecat_localtts.engine.batched import BatchedEngine
+from pipecat_localtts.engine.engine import BlockingSink, TTSEngine
+from pipecat_localtts.engine.request import NullSink
+from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.testing import tiny_orpheus
+
+TEXTS = [
+    "Hello there.",
+    "The weather is fine today, bring a hat.",
+    "One two three.",
+    "Your order ships tomorrow morning.",
+    "Okay.",
+    "Let me check the schedule for you.",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_orpheus()
+
+
+def _params(i: int, **kw) -> GenerationParams:
+    base = dict(seed=100 + i, guard_seconds_per_char=0.02, guard_min_seconds=0.6)
+    return GenerationParams(**{**base, **kw})
+
+
+def _engine(model, **kw) -> BatchedEngine:
+    engine = BatchedEngine(model, max_tokens=256, **kw)
+    engine.start()
+    return engine
+
+
+def _collect(req, sink: BlockingSink) -> np.ndarray:
+    pieces = list(sink)
+    assert req.wait(30)
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+def _solo(model, i: int, **kw) -> tuple[list[int], np.ndarray]:
+    engine = _engine(model, max_batch=1)
+    try:
+        sink = BlockingSink()
+        req = engine.submit(TEXTS[i], "tara", _params(i, **kw), sink)
+        audio = _collect(req, sink)
+        return req.tokens, audio
+    finally:
+        engine.close()
+
+
+def _int16(pcm: np.ndarray) -> np.ndarray:
+    return (np.clip(pcm, -1, 1) * 32767).astype(np.int16).astype(np.int32)
+
+
+def test_each_request_in_a_batch_equals_its_solo_run(model):
+    solo = [_solo(model, i) for i in range(len(TEXTS))]
+    engine = _engine(model, max_batch=4)  # 6 requests: two wait for a slot
+    try:
+        sinks, reqs = [], []
+        for i, text in enumerate(TEXTS):
+            sink = BlockingSink()
+            reqs.append(engine.submit(text, "tara", _params(i), sink))
+            sinks.append(sink)
+            if i == 2:
+                time.sleep(0.05)  # later ones join a batch already running
+        audio = [_collect(r, s) for r, s in zip(reqs, sinks, strict=True)]
+    finally:
+        engine.close()
+    assert max(engine.batch_sizes) > 1  # they really shared steps
+    for i, req in enumerate(reqs):
+        tokens, solo_audio = solo[i]
+        assert req.finish_reason == "length"
+        assert req.tokens == tokens, i
+        assert audio[i].size == solo_audio.size > 0
+        assert np.abs(_int16(audio[i]) - _int16(solo_audio)).max() <= 4
+
+
+def test_greedy_tokens_equal_the_single_request_engine(model):
+    params = GenerationParams(temperature=0, guard_seconds_per_char=0.02, guard_min_seconds=0.6)
+    old = TTSEngine(model, max_tokens=256)
+    old.start()
+    try:
+        sink = BlockingSink()
+        ref = old.submit(TEXTS[1], "tara", params, sink)
+        list(sink)
+    finally:
+        old.close()
+    engine = _engine(model, max_batch=3)
+    try:
+        reqs = [engine.submit(TEXTS[i], "tara", params, NullSink()) for i in (0, 1, 2)]
+        assert all(r.wait(30) for r in reqs)
+    finally:
+        engine.close()
+    assert reqs[1].tokens == ref.tokens and len(ref.tokens) > 50
+
+
+def test_cancel_stops_one_row_within_a_step_and_leaves_the_others_alone(model):
+    solo = _solo(model, 1)
+    engine = _engine(model, max_batch=3)
+    try:
+        sink_a, sink_b = BlockingSink(), BlockingSink()
+        a = engine.submit(TEXTS[0], "tara", _params(0), sink_a)
+        b = engine.submit(TEXTS[1], "tara", _params(1), sink_b)
+        while len(a.tokens) < 14:
+            time.sleep(0.001)
+        a.cancel()
+        assert a.wait(10) and a.finish_reason == "cancelled"
+        assert len(a.tokens) <= a.steps_at_cancel + 1  # at most one more step
+        audio_b = _collect(b, sink_b)
+    finally:
+        engine.close()
+    assert b.tokens == solo[0] and np.abs(_int16(audio_b) - _int16(solo[1])).max() <= 4
+
+
+def test_waiting_requests_are_admitted_in_order_and_can_be_cancelled(model):
+    engine = _engine(model, max_batch=2)
+    try:
+        reqs = [engine.submit(t, "tara", _params(i), NullSink()) for i, t in enumerate(TEXTS[:5])]
+        reqs[3].cancel()  # still waiting: it ends without ever running
+        assert all(r.wait(30) for r in reqs)
+    finally:
+        engine.close()
+    assert reqs[3].finish_reason == "cancelled" and reqs[3].steps == 0 and reqs[3].t_admitted is None
+    admitted = [r for r in reqs if r.t_admitted is not None]
+    assert [r.id for r in sorted(admitted, key=lambda r: r.t_admitted)] == [r.id for r in admitted]
+    assert reqs[4].t_admitted >= reqs[0].t_done or reqs[4].t_admitted >= reqs[1].t_lm_done
+    assert max(engine.batch_sizes) == 2
+
+
+def test_a_failed_prefill_fails_only_its_request(model, monkeypatch):
+    solo = _solo(model, 2)
+    engine = _engine(model, max_batch=3)
+    runner = engine._runner
+    real = runner.prefill
+    marker = model.build_prompt(TEXTS[4], "tara")
+
+    def prefill(slot, ids, start=0):
+        if list(ids) == marker:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(slot, ids, start)
+
+    monkeypatch.setattr(runner, "prefill", prefill)
+    try:
+        bad = engine.submit(TEXTS[4], "tara", _params(4), NullSink())
+        sink = BlockingSink()
+        good = engine.submit(TEXTS[2], "tara", _params(2), sink)
+        audio = _collect(good, sink)
+        assert bad.wait(10) and bad.finish_reason == "error" and "out of memory" in str(bad.error)
+    finally:
+        engine.close()
+    assert good.tokens == solo[0] and np.abs(_int16(audio) - _int16(solo[1])).max() <= 4
+
+
+def test_a_failed_batched_step_fails_its_rows_and_the_engine_serves_the_next(model, monkeypatch):
+    engine = _engine(model, max_batch=3)
+    runner = engine._runner
+    real = runner.decode
+    calls = {"n": 0}
+
+    def decode(slots, tokens):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("kernel failure (simulated)")
+        return real(slots, tokens)
+
+    monkeypatch.setattr(runner, "decode", decode)
+    try:
+        first = [engine.submit(t, "tara", _params(i), NullSink()) for i, t in enumerate(TEXTS[:2])]
+        assert all(r.wait(30) for r in first)
+        assert [r.finish_reason for r in first] == ["error", "error"]
+        assert all("kernel failure" in str(r.error) for r in first)
+        sink = BlockingSink()
+        after = engine.submit(TEXTS[2], "tara", _params(2), sink)
+        audio = _collect(after, sink)
+    finally:
+        engine.close()
+    solo = _solo(model, 2)
+    assert after.finish_reason == "length" and after.tokens == solo[0]
+    assert np.abs(_int16(audio) - _int16(solo[1])).max() <= 4
+
+
+def test_close_ends_every_request_so_no_consumer_waits(model):
+    engine = _engine(model, max_batch=1)
+    reqs = [engine.submit(t, "tara", _params(i, guard_min_seconds=5.0), NullSink()) for i, t in enumerate(TEXTS[:3])]
+    engine.close()
+    assert all(r.wait(10) for r in reqs)
+    assert {r.finish_reason for r in reqs} <= {"cancelled", "length"}
+    with pytest.raises(Exception, match="not running|closed"):
+        engine.submit("Hello.", "tara", _params(0), NullSink())
+
+
+def test_the_engine_keeps_no_text_and_refuses_what_it_cannot_do(model):
+    engine = _engine(model, max_batch=2)
+    try:
+        req = engine.submit("A secret sentence.", "tara", _params(0), NullSink())
+        assert req.wait(30) and req.text == ""
+        with pytest.raises(ValueError, match="audio tokens only"):
+            engine.submit("Hi.", "tara", GenerationParams(constrain_audio_tokens=False), NullSink())
+        with pytest.raises(ValueError, match="budget"):
+            engine.submit("\U0001d400" * 200, "tara", _params(0), NullSink())
+    finally:
+        engine.close()
+    assert threading.active_count() < 50
