@@ -313,7 +313,6 @@ async def _ttfa_once(model, *, aggregator: str, tokens_per_s: float, params) -> 
         service._text_aggregator = SimpleTextAggregator()
     pieces = [TTFA_TEXT[i : i + 4] for i in range(0, len(TTFA_TEXT), 4)]  # ~LLM tokens
     sent: list[float] = []
-    engines: list[TTSEngine] = []
 
     async def script(worker, probe) -> None:
         await worker.queue_frame(LLMFullResponseStartFrame())
@@ -323,10 +322,9 @@ async def _ttfa_once(model, *, aggregator: str, tokens_per_s: float, params) -> 
             await asyncio.sleep(1 / tokens_per_s)
         await worker.queue_frame(LLMFullResponseEndFrame())
         await asyncio.wait_for(probe.audio_event.wait(), 600)
-        engines.append(service.engine)
 
     probe = await _pipeline_session(service, script)  # returns after the turn's audio
-    req = min(engines[0].history, key=lambda r: r.t_submit)  # the turn's first chunk
+    req = min(service.requests, key=lambda r: r.t_submit)  # the turn's first chunk
     t_audio = min(probe.first_audio.values())
     t0 = sent[0]
     # When the first chunk was complete: for the adaptive chunker, the arrival of the token
@@ -347,8 +345,8 @@ async def _ttfa_once(model, *, aggregator: str, tokens_per_s: float, params) -> 
 
 
 def _active(service):
-    engine = service.engine
-    return engine._active if engine is not None else None
+    """The service's request in flight, if any."""
+    return next((r for r in reversed(service.requests) if not r.done), None)
 
 
 async def _interrupt_once(model, params) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +35,9 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat_localtts.audio import EdgeFade
 from pipecat_localtts.aggregator import AdaptiveTextAggregator
 from pipecat_localtts.chunking import ChunkerConfig, is_speakable, split_text, text_width
-from pipecat_localtts.engine.engine import PROMPT_BUDGET, Request, TTSEngine
-from pipecat_localtts.engine.pool import ENGINE_POOL
+from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
+from pipecat_localtts.engine.request import Request
+from pipecat_localtts.engine.shared import ENGINES, MODELS
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
 from pipecat_localtts.validation import check_int, check_number, check_type
@@ -45,6 +47,8 @@ from pipecat_localtts.models.orpheus import (
     ENGLISH_VOICES,
     OrpheusModel,
     load_orpheus,
+    resolve_device,
+    resolve_dtype,
 )
 
 
@@ -138,13 +142,10 @@ class LocalTTSService(TTSService):
         chunking: How LLM text is cut into chunks (first chunk fast, then sentences).
         frames_per_decode: Minimum codec frames per window once audio flows (1 = lowest
             latency; frames waiting for a busy codec are decoded together anyway).
-        compile: Compile the one-token decode step with CUDA graphs (``None``: on CUDA).
+        max_batch: Requests the shared engine decodes together (``None``: the engine's
+            default per device); applies when this service starts the model's engine.
         edge_fade_ms: Fade-in and fade-out at each utterance's edges, so consecutive chunks
             join without a click (0 disables; the audio between the edges is unchanged).
-        engine_pool: Take a warm engine from the process-wide pool at start and give it back
-            at stop, so per-call services sharing one loaded model skip warm-up (``None``:
-            when ``model`` is a loaded model object and the decode step is compiled, i.e. on
-            CUDA, where warm-up includes graph capture).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -165,9 +166,8 @@ class LocalTTSService(TTSService):
         params: GenerationParams | None = None,
         chunking: ChunkerConfig | None = None,
         frames_per_decode: int = 1,
-        compile: bool | None = None,
+        max_batch: int | None = None,
         edge_fade_ms: float = 5.0,
-        engine_pool: bool | None = None,
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -190,11 +190,13 @@ class LocalTTSService(TTSService):
         check_int("frames_per_decode", frames_per_decode, "an int >= 1")
         if frames_per_decode < 1:
             raise ValueError(f"frames_per_decode must be >= 1, got {frames_per_decode}")
-        check_type("compile", compile, (bool, type(None)), "a bool or None (None: on CUDA)")
+        if max_batch is not None:
+            check_int("max_batch", max_batch, "an int >= 1 or None")
+            if max_batch < 1:
+                raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         check_number("edge_fade_ms", edge_fade_ms, "a finite number >= 0")
         if edge_fade_ms < 0:
             raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
-        check_type("engine_pool", engine_pool, (bool, type(None)), "a bool or None (None: automatic)")
         loaded = model if isinstance(model, OrpheusModel) else None
         model_name = loaded.name if loaded is not None else str(model)
         default_settings = self.Settings(model=model_name, voice=voice, language=Language.EN)
@@ -218,9 +220,8 @@ class LocalTTSService(TTSService):
         self._text_aggregator = AdaptiveTextAggregator(self._chunking)
         self._params = params or GenerationParams()
         self._frames_per_decode = frames_per_decode
-        self._compile = compile
+        self._max_batch = max_batch
         self._edge_fade_ms = edge_fade_ms
-        self._engine_pool = engine_pool
         self._model_source = model
         self._model: OrpheusModel | None = loaded
         self._device = device
@@ -230,7 +231,10 @@ class LocalTTSService(TTSService):
             raise UnknownVoiceError(
                 f"unknown voice {self._settings.voice!r}; known voices: {', '.join(self._voices)}"
             )
-        self._engine: TTSEngine | None = None
+        self._engine: BatchedEngine | None = None
+        self._owns_model = False  # the model came from the shared cache for this service
+        # This service's recent requests (with their text), newest last: the engine keeps none.
+        self._request_log: deque[Request] = deque(maxlen=256)
         self._load_error: Exception | None = None
         # Contexts whose failure run_tts has reported (an ErrorFrame), until they end.
         self._failed_contexts: set[str] = set()
@@ -244,8 +248,9 @@ class LocalTTSService(TTSService):
         return True
 
     @property
-    def engine(self) -> TTSEngine | None:
-        """The running engine (``None`` before :meth:`load` / ``start``)."""
+    def engine(self) -> BatchedEngine | None:
+        """The running engine, shared by every service of the same model (``None`` before
+        :meth:`load` / ``start`` and after stop)."""
         return self._engine
 
     @property
@@ -253,10 +258,17 @@ class LocalTTSService(TTSService):
         """The loaded model object, once loaded."""
         return self._model
 
+    @property
+    def requests(self) -> Sequence[Request]:
+        """This service's recent engine requests (the last 256), oldest first."""
+        return self._request_log
+
     async def load(self) -> None:
-        """Load the model (off the event loop) and start the engine; idempotent.
+        """Load the model (off the event loop) and join its shared engine; idempotent.
 
         Called by ``start()``; call it earlier to pay the load time before the pipeline runs.
+        Services given the same model object, or the same hub id or directory on the same
+        device and dtype, share the weights and one batched engine.
 
         Raises:
             ModelLoadError: The weights could not be had.
@@ -264,44 +276,29 @@ class LocalTTSService(TTSService):
         async with self._load_lock:
             if self._engine is not None and self._engine.running:
                 return
+            if self._engine is not None:  # a dead engine: let it go before taking a new one
+                await self._close_engine()
             if self._model is None:
-                self._model = await asyncio.to_thread(
-                    load_orpheus,
-                    str(self._model_source),
-                    device=self._device,
-                    dtype=self._dtype,
-                    voices=self._voices,
-                )
-            self._engine = await asyncio.to_thread(self._start_engine, self._model)
+                self._model = await asyncio.to_thread(self._load_shared_model)
+                self._owns_model = True
+            settings = {
+                "max_batch": self._max_batch,
+                "max_tokens": self._params.max_tokens,
+                "frames_per_decode": self._frames_per_decode,
+            }
+            self._engine = await asyncio.to_thread(ENGINES.acquire, self._model, **settings)
             if self._model.synthetic:
                 logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
 
-    def _engine_settings(self) -> dict[str, Any]:
-        return {
-            "max_tokens": self._params.max_tokens,
-            "frames_per_decode": self._frames_per_decode,
-            "compile": self._compile,
-        }
+    def _load_shared_model(self) -> OrpheusModel:
+        """The model of ``self._model_source`` from the process-wide cache (blocking)."""
+        device = resolve_device(self._device)
+        key = (str(self._model_source), str(device), str(resolve_dtype(self._dtype, device)))
 
-    def _pooled(self, model: OrpheusModel) -> bool:
-        if self._engine_pool is not None:
-            return self._engine_pool
-        if not isinstance(self._model_source, OrpheusModel):
-            # This service loaded its own model: no other call shares it, and a pooled
-            # engine would keep those weights alive after the call.
-            return False
-        compiled = self._compile
-        if compiled is None:  # the engine's own default: compile on CUDA
-            compiled = model.device.type == "cuda"
-        return bool(compiled)
+        def load() -> OrpheusModel:
+            return load_orpheus(str(self._model_source), device=device, dtype=self._dtype, voices=self._voices)
 
-    def _start_engine(self, model: OrpheusModel) -> TTSEngine:
-        """A started, warm engine (compile, kernel selection): blocking."""
-        if self._pooled(model):
-            return ENGINE_POOL.acquire(model, **self._engine_settings())
-        engine = TTSEngine(model, **self._engine_settings())
-        engine.start()
-        return engine
+        return MODELS.acquire(key, load)
 
     async def start(self, frame: StartFrame) -> None:
         """Start the service and load the model without blocking the event loop."""
@@ -324,14 +321,14 @@ class LocalTTSService(TTSService):
         await self._close_engine()
 
     async def _close_engine(self) -> None:
+        """Let the shared engine go (the last user closes it), off the event loop."""
         engine, self._engine = self._engine, None
-        if engine is None:
-            return
-        if self._model is not None and self._pooled(self._model):
-            # Our requests were cancelled when run_tts ended; the engine stays warm.
-            ENGINE_POOL.release(engine, **self._engine_settings())
-        else:
-            await asyncio.to_thread(engine.close)
+        if engine is not None:
+            # Our requests were cancelled when run_tts ended; others' go on.
+            await asyncio.to_thread(ENGINES.release, engine)
+        if self._owns_model and self._model is not None:
+            MODELS.release(self._model)
+            self._owns_model = False
 
     # ------------------------------------------------------------------ synthesis
 
@@ -341,6 +338,8 @@ class LocalTTSService(TTSService):
             raise LocalTTSError(f"cannot synthesize: {reason}")
         sink = _AsyncSink(asyncio.get_running_loop())
         sink.request = self._engine.submit(text, str(self._settings.voice), self._params, sink)
+        sink.request.text = text  # the service's own record; the engine keeps no text
+        self._request_log.append(sink.request)
         return sink
 
     def _audio_frames(

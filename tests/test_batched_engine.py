@@ -198,13 +198,16 @@ def test_close_ends_every_request_so_no_consumer_waits(model):
         engine.submit("Hello.", "tara", _params(0), NullSink())
 
 
-def test_the_engine_keeps_no_text_and_refuses_what_it_cannot_do(model):
+def test_the_engine_keeps_no_text_and_samples_unconstrained_rows(model):
     engine = _engine(model, max_batch=2)
     try:
         req = engine.submit("A secret sentence.", "tara", _params(0), NullSink())
         assert req.wait(30) and req.text == ""
-        with pytest.raises(ValueError, match="audio tokens only"):
-            engine.submit("Hi.", "tara", GenerationParams(constrain_audio_tokens=False), NullSink())
+        # Unconstrained rows (any token of the vocabulary) are sampled beside the others.
+        free = engine.submit("Hi.", "tara", _params(1, constrain_audio_tokens=False), NullSink())
+        other = engine.submit("Hello there.", "tara", _params(2), NullSink())
+        assert free.wait(30) and other.wait(30) and free.error is None and other.error is None
+        assert len(free.tokens) >= 1 and other.finish_reason == "length"
         with pytest.raises(ValueError, match="budget"):
             engine.submit("\U0001d400" * 200, "tara", _params(0), NullSink())
     finally:

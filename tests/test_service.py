@@ -27,7 +27,8 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from pipecat_localtts import LocalTTSService
 from pipecat_localtts.chunking import ChunkerConfig, split_text
-from pipecat_localtts.engine.engine import TTSEngine
+from pipecat_localtts.engine.request import Request
+from pipecat_localtts.engine.shared import ENGINES
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import UnknownVoiceError
 from pipecat_localtts.models.orpheus import END_OF_SPEECH
@@ -69,22 +70,15 @@ def spoken_texts(service: LocalTTSService) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def record_requests(monkeypatch):
-    """Record every request each engine finishes, on its service (``service._history``)."""
-    original = TTSEngine.__init__
-
-    def init_and_record(self, model, **kwargs):
-        original(self, model, **kwargs)
-        self.history = []  # unbounded for the test
-
-    monkeypatch.setattr(TTSEngine, "__init__", init_and_record)
+    """Each service's requests, with their text, as ``service._history`` (the engine keeps none)."""
     original_load = LocalTTSService.load
 
-    async def load_and_share(self):
+    async def load_and_record(self):
         await original_load(self)
-        self._history = self._engine.history
+        self._history = self._request_log
         self._history_engine = self._engine
 
-    monkeypatch.setattr(LocalTTSService, "load", load_and_share)
+    monkeypatch.setattr(LocalTTSService, "load", load_and_record)
 
 
 def llm_turn(text: str, piece: int = 4, pause: float = 0.0):
@@ -223,29 +217,34 @@ async def test_unknown_voice_set_at_runtime_is_an_error_frame_and_pipeline_goes_
     assert samples(audio_frames(down)) == generated_samples(service._history)
 
 
-async def test_model_error_becomes_error_frame_and_next_turn_works():
+async def test_model_error_becomes_error_frame_and_next_turn_works(monkeypatch):
     import torch
 
-    service = make_service()
-    failing_prompt = len(service.model.build_prompt("This one fails.", "tara"))
-    steps = {"n": 0}
+    from pipecat_localtts.engine.llama import LlamaRunner
 
-    def fail_in_third_step(module, args, kwargs, output):
+    service = make_service()
+    failing_prompt = service.model.build_prompt("This one fails.", "tara")
+    failing_slots: set[int] = set()
+    steps = {"n": 0}
+    prefill, decode = LlamaRunner.prefill, LlamaRunner.decode
+
+    def watch_prefill(self, slot, ids, start=0):
+        (failing_slots.add if list(ids) == failing_prompt else failing_slots.discard)(slot)
+        return prefill(self, slot, ids, start)
+
+    def fail_in_third_step(self, slots, tokens):
         # The model runs out of memory a few steps into this request only.
-        if kwargs["input_ids"].shape[1] == failing_prompt:
-            steps["n"] = 1
-        elif steps["n"]:
+        if failing_slots & set(slots):
             steps["n"] += 1
             if steps["n"] == 3:
-                steps["n"] = 0
+                failing_slots.clear()
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(self, slots, tokens)
 
-    handle = service.model.lm.model.register_forward_hook(fail_in_third_step, with_kwargs=True)
-    try:
-        frames = [TTSSpeakFrame("This one fails."), SleepFrame(sleep=0.3), TTSSpeakFrame("And this one works fine.")]
-        down, up = await run_test(service, frames_to_send=frames)
-    finally:
-        handle.remove()
+    monkeypatch.setattr(LlamaRunner, "prefill", watch_prefill)
+    monkeypatch.setattr(LlamaRunner, "decode", fail_in_third_step)
+    frames = [TTSSpeakFrame("This one fails."), SleepFrame(sleep=0.3), TTSSpeakFrame("And this one works fine.")]
+    down, up = await run_test(service, frames_to_send=frames)
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     # Ours, with the cause; not a second one from Pipecat about the context left without audio.
     assert len(errors) == 1 and "out of memory" in errors[0].error
@@ -378,43 +377,54 @@ async def test_downstream_audio_is_the_exact_decode_with_faded_utterance_edges()
     assert abs(int(got[junction - 1])) < 200 and abs(int(got[junction])) < 200
 
 
-async def test_per_call_services_reuse_a_warm_engine_from_the_pool():
-    from pipecat_localtts.engine.pool import ENGINE_POOL
-
+async def test_services_of_one_model_share_one_engine_closed_by_the_last():
     model = tiny_orpheus()
-    first = make_service(model=model, engine_pool=True)
-    await run_test(first, frames_to_send=[TTSSpeakFrame("First call.")])
-    assert first.engine is None and ENGINE_POOL.idle_count(model) == 1  # kept warm
-    second = make_service(model=model, engine_pool=True)
-    third = make_service(model=model, engine_pool=True)
-    await second.load()  # takes the warm engine: no new warm-up
-    await third.load()  # a concurrent call gets an engine of its own
-    assert second.engine is not third.engine and ENGINE_POOL.idle_count(model) == 0
-    pooled = second.engine
-    down, up = await run_test(second, frames_to_send=[TTSSpeakFrame("Second call.")])
+    first, second = make_service(model=model), make_service(model=model)
+    await first.load()
+    await second.load()
+    engine = first.engine
+    assert engine is second.engine and ENGINES.users(model) == 2
+    down, up = await run_test(first, frames_to_send=[TTSSpeakFrame("First call.")])
     assert not [f for f in up if isinstance(f, ErrorFrame)]
-    assert [r.text for r in pooled.history][-1] == "Second call."
-    assert samples(audio_frames(down)) == generated_samples([pooled.history[-1]])
-    await third._close_engine()
-    assert ENGINE_POOL.idle_count(model) == 2
-    ENGINE_POOL.close_all()
-    assert ENGINE_POOL.idle_count() == 0 and not pooled.running
+    assert first.engine is None and engine.running and ENGINES.users(model) == 1  # still shared
+    assert [r.text for r in first.requests] == ["First call."] and not second.requests
+    down, up = await run_test(second, frames_to_send=[TTSSpeakFrame("Second call.")])
+    assert samples(audio_frames(down)) == generated_samples(second.requests) > 0
+    assert not engine.running and ENGINES.users(model) == 0  # the last one closed it
+    # A new call starts a fresh engine.
+    third = make_service(model=model)
+    await run_test(third, frames_to_send=[TTSSpeakFrame("Third.")])
+    assert third.requests[0].finish_reason in ("length", "stop")
 
 
-async def test_without_the_pool_the_engine_is_closed_at_the_end():
-    service = make_service()  # CPU: no compiled step, so no pooling by default
+async def test_the_engine_is_closed_at_the_end():
+    service = make_service()
     await run_test(service, frames_to_send=[TTSSpeakFrame("Bye.")])
     assert service.engine is None and not service._history_engine.running
 
 
-def test_pooling_follows_compilation_unless_asked():
-    model = tiny_orpheus()
-    assert not make_service(model=model)._pooled(model)  # CPU: nothing compiled
-    assert make_service(model=model, compile=True)._pooled(model)  # warm-up costs a capture
-    assert not make_service(model=model, compile=True, engine_pool=False)._pooled(model)
-    assert make_service(model=model, engine_pool=True)._pooled(model)
-    # A service that loads its own weights never pools them (nobody else shares them).
-    assert not LocalTTSService(model="some/checkpoint", compile=True)._pooled(model)
+async def test_services_loading_the_same_directory_share_weights_and_engine(tmp_path):
+    from pipecat_localtts.testing import save_orpheus
+
+    save_orpheus(tiny_orpheus(), tmp_path / "ckpt")
+    a = LocalTTSService(model=str(tmp_path / "ckpt"), device="cpu", params=QUICK)
+    b = LocalTTSService(model=str(tmp_path / "ckpt"), device="cpu", params=QUICK)
+    await a.load()
+    await b.load()
+    try:
+        assert a.model is b.model and a.engine is b.engine
+    finally:
+        await a._close_engine()
+        await b._close_engine()
+    assert not a._history_engine.running
+
+
+def test_one_service_never_sees_another_service_s_text():
+    engine_request_fields = {f for f in __import__("dataclasses").fields(Request)}
+    assert "text" in {f.name for f in engine_request_fields}  # the service's own record only
+    from pipecat_localtts.engine.batched import BatchedEngine
+
+    assert not hasattr(BatchedEngine, "history")
 
 
 async def test_run_tts_is_traced_when_tracing_is_on_and_speaks_the_same_when_off(monkeypatch):

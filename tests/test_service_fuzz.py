@@ -57,8 +57,7 @@ async def speak_all(service: LocalTTSService, frames: list, stall: float = 30) -
     """Send ``frames``, then FINAL; return the pipeline once FINAL has been spoken. Nothing
     coming out for ``stall`` seconds on the way is a hang."""
     async with LivePipeline(service) as p:
-        engine = service.engine
-        engine.history = deque()  # every request, not only the last 64
+        service._request_log = deque()  # every request, not only the last 256
         for frame in frames:
             await p.send(frame)
         await p.send(TTSSpeakFrame(FINAL))
@@ -66,12 +65,12 @@ async def speak_all(service: LocalTTSService, frames: list, stall: float = 30) -
         def final_spoken() -> bool:
             return any(isinstance(f, TTSTextFrame) and f.text.strip() == FINAL for f in p.down)
 
-        last = lambda: engine.history[-1].text if engine.history else None  # noqa: E731
+        last = lambda: service.requests[-1].text if service.requests else None  # noqa: E731
         try:
             await p.until_stalled(final_spoken, stall, "the final sentence")
         except AssertionError as e:
             raise AssertionError(f"{e}; the engine's last request: {last()!r}") from None
-    p.requests = list(engine.history)  # type: ignore[attr-defined]
+    p.requests = list(service.requests)  # type: ignore[attr-defined]
     return p
 
 

@@ -1,7 +1,7 @@
 """The service when the engine is slow: several pipelines on one shared model, barge-ins,
 first audio later than Pipecat's ``stop_frame_timeout_s``, and a request that fails.
 
-The engine is made slow deterministically (a forward hook that sleeps in every prefill and
+The engine is made slow deterministically (a patched runner that sleeps in every prefill and
 decode step of the shared model), so these tests do not depend on how loaded the machine is:
 every first audio comes later than the context timeout, as it does on a loaded CPU.
 """
@@ -25,6 +25,7 @@ from pipecat.frames.frames import (
 )
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.engine.llama import LlamaRunner
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.testing import tiny_orpheus
 
@@ -37,16 +38,22 @@ LONG = "This answer goes on and on and would take quite a long time to say out l
 
 @contextmanager
 def slow_engine(model):
-    """Every prefill of ``model`` takes PREFILL_DELAY longer, every decode step STEP_DELAY."""
+    """Every prefill takes PREFILL_DELAY longer, every (batched) decode step STEP_DELAY."""
+    prefill, decode = LlamaRunner.prefill, LlamaRunner.decode
 
-    def delay(module, args, kwargs):
-        time.sleep(PREFILL_DELAY if kwargs["input_ids"].shape[1] > 1 else STEP_DELAY)
+    def slow_prefill(self, slot, ids, start=0):
+        time.sleep(PREFILL_DELAY)
+        return prefill(self, slot, ids, start)
 
-    handle = model.lm.get_decoder().register_forward_pre_hook(delay, with_kwargs=True)
+    def slow_decode(self, slots, tokens):
+        time.sleep(STEP_DELAY)
+        return decode(self, slots, tokens)
+
+    LlamaRunner.prefill, LlamaRunner.decode = slow_prefill, slow_decode
     try:
         yield
     finally:
-        handle.remove()
+        LlamaRunner.prefill, LlamaRunner.decode = prefill, decode
 
 
 def service(model, **kwargs) -> LocalTTSService:
@@ -74,7 +81,6 @@ async def test_barge_in_on_one_of_four_pipelines_sharing_a_slow_model_is_no_erro
             LivePipeline(services[3]) as d,
         ):
             others = [b, c, d]
-            engine = services[0].engine
             for p in (barged, *others):
                 await p.send(TTSSpeakFrame(LONG))
             await barged.until(lambda: barged.audio(), 30, "the first audio of the long answer")
@@ -89,7 +95,7 @@ async def test_barge_in_on_one_of_four_pipelines_sharing_a_slow_model_is_no_erro
         assert not p.errors, [e.error for e in p.errors]
     # The interrupted turn: cancelled in the engine, none of its audio after the barge-in.
     assert audit.handled == 1 and not audit.stray, audit.stray
-    assert engine.history[0].finish_reason == "cancelled"
+    assert services[0].requests[0].finish_reason == "cancelled"
     # The answer after it, and the other pipelines' turns, each played whole in one context.
     assert_one_whole_context(barged, answer)
     for p in others:
@@ -101,39 +107,37 @@ async def test_first_audio_slower_than_the_context_timeout_keeps_the_turn_in_one
     text = "Sure, I can help with that. The weather today is sunny with a light breeze."
     with slow_engine(model):
         async with LivePipeline(service(model)) as p:
-            engine = p.service.engine
             await p.send(LLMFullResponseStartFrame())
             for i in range(0, len(text), 5):
                 await p.send(LLMTextFrame(text[i : i + 5]))
             await p.send(LLMFullResponseEndFrame())
             await p.until(lambda: p.started_contexts() and p.stopped(p.started_contexts()[0]), 30, "the turn")
     assert not p.errors, [e.error for e in p.errors]
-    assert len(engine.history) == 2  # two chunks, each with a first audio after the timeout
+    requests = p.service.requests
+    assert len(requests) == 2  # two chunks, each with a first audio after the timeout
     (turn,) = p.started_contexts()
     assert_one_whole_context(p, turn)
-    assert sum(len(f.audio) // 2 for f in p.audio(turn)) == sum(r.audio_samples for r in engine.history)
+    assert sum(len(f.audio) // 2 for f in p.audio(turn)) == sum(r.audio_samples for r in requests)
 
 
-async def test_a_failed_request_is_reported_exactly_once():
+async def test_a_failed_request_is_reported_exactly_once(monkeypatch):
     model = tiny_orpheus()
-    failing = len(model.build_prompt("This one fails.", "tara"))
+    failing = model.build_prompt("This one fails.", "tara")
+    prefill = LlamaRunner.prefill
 
-    def fail(module, args, kwargs):
-        if kwargs["input_ids"].shape[1] == failing:
+    def fail(self, slot, ids, start=0):
+        if list(ids) == failing:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return prefill(self, slot, ids, start)
 
-    handle = model.lm.get_decoder().register_forward_pre_hook(fail, with_kwargs=True)
-    try:
-        async with LivePipeline(service(model)) as p:
-            engine = p.service.engine
-            await p.send(TTSSpeakFrame("This one fails."))
-            await p.until(lambda: p.started_contexts() and p.stopped(p.started_contexts()[0]), 30, "the failed turn to end")
-            await p.send(TTSSpeakFrame("And this one works."))
-            await p.until(lambda: len(p.started_contexts()) == 2 and p.stopped(p.started_contexts()[1]), 30, "the next turn")
-            await asyncio.sleep(2 * TIMEOUT)  # room for a late report of the failed context
-    finally:
-        handle.remove()
+    monkeypatch.setattr(LlamaRunner, "prefill", fail)
+    async with LivePipeline(service(model)) as p:
+        await p.send(TTSSpeakFrame("This one fails."))
+        await p.until(lambda: p.started_contexts() and p.stopped(p.started_contexts()[0]), 30, "the failed turn to end")
+        await p.send(TTSSpeakFrame("And this one works."))
+        await p.until(lambda: len(p.started_contexts()) == 2 and p.stopped(p.started_contexts()[1]), 30, "the next turn")
+        await asyncio.sleep(2 * TIMEOUT)  # room for a late report of the failed context
     # Ours, saying what failed; not a second one from Pipecat about a context without audio.
     assert len(p.errors) == 1 and "out of memory" in p.errors[0].error, [e.error for e in p.errors]
-    assert [r.finish_reason for r in engine.history] == ["error", "length"]
+    assert [r.finish_reason for r in p.service.requests] == ["error", "length"]
     assert p.audio(p.started_contexts()[1])

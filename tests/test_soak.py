@@ -98,7 +98,7 @@ async def test_soak_random_barge_ins_leave_no_stray_audio_no_errors_and_no_growt
             samples.append(process_status())
         await p.send(TTSSpeakFrame("All done for today."))
         await p.until(lambda: p.started_contexts() and p.stopped(p.started_contexts()[0]), WAIT, "the last turn")
-        requests = list(engine.history)
+        requests = list(p.service.requests)
     assert not p.errors, [e.error for e in p.errors][:5]
     assert not audit.stray, audit.stray[:5]  # nothing of an interrupted turn after its interruption
     assert audit.handled == audit.begun == TURNS - modes["none"] and all(modes.values()), modes

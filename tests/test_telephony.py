@@ -281,9 +281,9 @@ async def wait_until(predicate, timeout: float, what: str, interval: float = 0.0
 
 def finished_requests(module, call_sid: str) -> list:
     call = module.ACTIVE_CALLS.get(call_sid)
-    if call is None or call.tts.engine is None:
+    if call is None:
         return []
-    return list(call.tts.engine.history)
+    return [r for r in call.tts.requests if r.done]
 
 
 @pytest.fixture(scope="module")

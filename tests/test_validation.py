@@ -96,10 +96,9 @@ SERVICE_BAD = [
     ("edge_fade_ms", "5", TypeError, "edge_fade_ms must be a finite number >= 0"),
     ("edge_fade_ms", True, TypeError, "edge_fade_ms must be a finite number >= 0"),
     ("edge_fade_ms", -1, ValueError, "edge_fade_ms must be >= 0"),
-    ("compile", 1, TypeError, "compile must be a bool or None"),
-    ("compile", "yes", TypeError, "compile must be a bool or None"),
-    ("engine_pool", 0, TypeError, "engine_pool must be a bool or None"),
-    ("engine_pool", "no", TypeError, "engine_pool must be a bool or None"),
+    ("max_batch", 1.0, TypeError, "max_batch must be an int >= 1 or None"),
+    ("max_batch", True, TypeError, "max_batch must be an int >= 1 or None"),
+    ("max_batch", 0, ValueError, "max_batch must be >= 1"),
     ("voice", None, TypeError, "voice must be a voice name (str)"),
     ("voice", 5, TypeError, "voice must be a voice name (str)"),
     ("voices", "tara", TypeError, "voices must be a sequence of voice names (str) or None"),
@@ -125,11 +124,10 @@ def test_service_accepts_good_constructor_values():
         params=GenerationParams(seed=1),
         chunking=ChunkerConfig(),
         frames_per_decode=2,
-        compile=False,
+        max_batch=4,
         edge_fade_ms=0,  # an int where a float is meant
-        engine_pool=True,
     )
     assert service._settings.model == str(Path("models") / "orpheus")
     assert service._params.seed == 1 and service._edge_fade_ms == 0
-    for compile, pool in [(None, None), (True, False)]:
-        LocalTTSService(compile=compile, engine_pool=pool, edge_fade_ms=2.5, params=None, chunking=None)
+    for max_batch in (None, 1, 64):
+        LocalTTSService(max_batch=max_batch, edge_fade_ms=2.5, params=None, chunking=None)

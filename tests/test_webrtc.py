@@ -142,14 +142,10 @@ async def test_pipeline_bot_greets_an_aiortc_client_over_webrtc():
             while pc.connectionState != "connected":
                 assert pc.connectionState not in ("failed", "closed"), pc.connectionState
                 await asyncio.sleep(0.02)
-            # The engine exists once the service has started; it goes away when the bot ends,
-            # so keep hold of it to read its history.
-            while bot.tts.engine is None:
-                await asyncio.sleep(0.02)
-            engine = bot.tts.engine
-            while not any(r.text == GREETING for r in engine.history):
+            # The service keeps its own requests (the shared engine keeps none).
+            while not any(r.text == GREETING and r.done for r in bot.tts.requests):
                 await asyncio.sleep(0.05)
-        produced = [r for r in engine.history if r.text == GREETING]
+        produced = [r for r in bot.tts.requests if r.text == GREETING]
         assert len(produced) == 1
         produced_s = produced[0].audio_samples / RATE
         assert produced[0].audio_samples == 11 * FRAME_SAMPLES  # the guard, as computed above

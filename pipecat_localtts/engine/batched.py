@@ -37,7 +37,12 @@ from pipecat_localtts.engine import batch_sampling as bs
 from pipecat_localtts.engine.codec_worker import CodecWorker
 from pipecat_localtts.engine.llama import LlamaRunner
 from pipecat_localtts.engine.request import AudioSink, Request
-from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.engine.sampling import (
+    GenerationParams,
+    apply_repetition_penalty,
+    make_generator,
+    sample_token,
+)
 from pipecat_localtts.errors import EngineClosedError, GenerationError
 from pipecat_localtts.models.orpheus import TOKENS_PER_FRAME, OrpheusFrameParser, OrpheusModel
 
@@ -58,6 +63,9 @@ class _Row:
     parser: OrpheusFrameParser
     max_new: int  # tokens it may generate
     next_token: int = -1  # the token to feed at the next decode step
+    # Unconstrained sampling only (constrain_audio_tokens=False): over the whole vocabulary.
+    generator: torch.Generator | None = None
+    seen_all: torch.Tensor | None = None  # [V] bool
 
 
 class BatchedEngine:
@@ -171,12 +179,9 @@ class BatchedEngine:
 
         Raises:
             UnknownVoiceError: The model does not know ``voice``.
-            ValueError: The prompt does not fit :data:`PROMPT_BUDGET`, or ``params`` asks
-                for unconstrained sampling (not supported by the batched sampler).
+            ValueError: The prompt does not fit :data:`PROMPT_BUDGET`.
             EngineClosedError: The engine is not running.
         """
-        if not params.constrain_audio_tokens:
-            raise ValueError("the batched engine samples audio tokens only (constrain_audio_tokens=True)")
         prompt = self.model.build_prompt(text, voice)
         if len(prompt) > PROMPT_BUDGET:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the {PROMPT_BUDGET}-token budget")
@@ -285,6 +290,34 @@ class BatchedEngine:
 
     def _sample(self, hidden: torch.Tensor, rows: list[_Row]) -> list[int]:
         """Tokens for ``rows`` from their hidden states ([B, H]), each with its own noise."""
+        free = [i for i, r in enumerate(rows) if not r.req.params.constrain_audio_tokens]
+        if not free:
+            return self._sample_constrained(hidden, rows)
+        # Rare: rows that may sample any token of the vocabulary go one by one.
+        tokens = [0] * len(rows)
+        kept = [i for i in range(len(rows)) if i not in free]
+        if kept:
+            for i, t in zip(kept, self._sample_constrained(hidden[kept], [rows[i] for i in kept]), strict=True):
+                tokens[i] = t
+        for i in free:
+            tokens[i] = self._sample_free(hidden[i], rows[i])
+        return tokens
+
+    def _sample_free(self, hidden: torch.Tensor, row: _Row) -> int:
+        """One token over the whole vocabulary (the single-request sampler's way)."""
+        params = row.req.params
+        if row.generator is None:
+            row.generator = make_generator(row.req.sample_seed % 2**63, self._device)
+            row.seen_all = torch.zeros(self._runner.head_weight.shape[0], dtype=torch.bool, device=self._device)
+            row.seen_all[torch.tensor(row.req.prompt_ids, device=self._device)] = True
+        assert row.seen_all is not None
+        logits = apply_repetition_penalty(self._runner.logits(hidden), row.seen_all, params.repetition_penalty)
+        token = int(sample_token(logits, params, row.generator))
+        row.seen_all[token] = True
+        return token
+
+    def _sample_constrained(self, hidden: torch.Tensor, rows: list[_Row]) -> list[int]:
+        """Audio tokens valid at each row's frame slot (+ stop at a frame boundary), batched."""
         positions = [r.parser.position for r in rows]
         slot = torch.tensor([p % TOKENS_PER_FRAME for p in positions], device=self._device)  # [B]
         params = bs.RowParams.build(

@@ -1,0 +1,187 @@
+"""Many calls at once: ``python benchmarks/concurrency.py [--shape small] [--calls 1,2,4,8,16]``.
+
+N concurrent calls, each a real Pipecat pipeline with its own ``LocalTTSService`` on ONE
+shared random model, each speaking the same few sentences (as ``TTSSpeakFrame``s, one after
+another). Measured per N: aggregate audio seconds per wall second, per-call real-time factor
+(wall time of the call / seconds of audio it got), and time to first audio (p50/p95 over the
+calls' first sentences). Two designs in the same run:
+
+* ``batched``: today's service, every call shares the model's one :class:`BatchedEngine`;
+* ``per-call``: the previous design, one single-request ``TTSEngine`` (own thread and KV
+  cache) per call on the shared weights, taking turns on the device.
+
+Writes ``benchmarks/results/concurrency.json`` and ``concurrency.png``. Random weights never
+say stop, so each sentence runs to its max-token guard: the audio length is set by the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from loguru import logger
+from pipecat.frames.frames import EndFrame, Frame, TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from pipecat_localtts import LocalTTSService
+from pipecat_localtts.engine.engine import TTSEngine
+from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.testing import random_orpheus
+
+SENTENCES = ["Sure, I can help with that.", "Let me check the schedule.", "It ships tomorrow."]
+PARAMS = GenerationParams(seed=0, guard_seconds_per_char=0.04, guard_min_seconds=0.5)
+
+
+class PerCallService(LocalTTSService):
+    """The previous design, for comparison: one single-request engine per call."""
+
+    async def load(self) -> None:
+        if self._engine is None:
+            self._engine = await asyncio.to_thread(self._start_own, self._model)
+
+    def _start_own(self, model):
+        engine = TTSEngine(model, max_tokens=self._params.max_tokens, compile=False)
+        engine.start(warm_up=False)
+        return engine
+
+    async def _close_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+
+
+class _Recorder(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_audio: list[float] = []  # per sentence
+        self.samples = 0
+        self.rate = 24000
+        self.stopped = 0
+        self.event = asyncio.Event()
+        self._waiting_first = False
+
+    def expect(self) -> None:
+        self._waiting_first = True
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame):
+            self.samples += len(frame.audio) // 2
+            self.rate = frame.sample_rate
+            if self._waiting_first:
+                self.first_audio.append(time.perf_counter())
+                self._waiting_first = False
+        elif isinstance(frame, TTSStoppedFrame):
+            self.stopped += 1
+            self.event.set()
+        await self.push_frame(frame, direction)
+
+
+async def _call(service: LocalTTSService) -> dict:
+    rec = _Recorder()
+    worker = PipelineWorker(Pipeline([service, rec]), params=PipelineParams(), cancel_on_idle_timeout=False)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.5)  # the pipeline starts; the engine is already loaded
+    t0 = time.perf_counter()
+    ttfa = []
+    for sentence in SENTENCES:
+        rec.event.clear()
+        rec.expect()
+        sent = time.perf_counter()
+        await worker.queue_frame(TTSSpeakFrame(sentence))
+        while rec.stopped < len(ttfa) + 1:
+            await asyncio.wait_for(rec.event.wait(), timeout=600)
+            rec.event.clear()
+        ttfa.append(rec.first_audio[-1] - sent if rec.first_audio else float("nan"))
+    wall = time.perf_counter() - t0
+    await worker.queue_frame(EndFrame())
+    await asyncio.wait_for(task, timeout=60)
+    audio = rec.samples / rec.rate
+    return {"wall_s": wall, "audio_s": audio, "ttfa_s": ttfa[0], "rtf": wall / max(audio, 1e-9)}
+
+
+async def _run(model, design: str, n: int) -> dict:
+    cls = LocalTTSService if design == "batched" else PerCallService
+    services = [cls(model=model, params=PARAMS, max_batch=max(n, 1), stop_frame_timeout_s=60.0) for _ in range(n)]
+    for s in services:
+        await s.load()
+    t0 = time.perf_counter()
+    calls = await asyncio.gather(*(_call(s) for s in services))
+    wall = time.perf_counter() - t0
+    ttfa = sorted(c["ttfa_s"] for c in calls)
+    return {
+        "calls": n,
+        "aggregate_audio_per_wall_s": sum(c["audio_s"] for c in calls) / wall,
+        "per_call_rtf_mean": statistics.mean(c["rtf"] for c in calls),
+        "ttfa_p50_ms": 1000 * statistics.median(ttfa),
+        "ttfa_p95_ms": 1000 * ttfa[min(len(ttfa) - 1, round(0.95 * (len(ttfa) - 1)))],
+        "wall_s": wall,
+    }
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for design, rows in results["designs"].items():
+        ns = [r["calls"] for r in rows]
+        a.plot(ns, [r["aggregate_audio_per_wall_s"] for r in rows], marker="o", label=design)
+        b.plot(ns, [r["ttfa_p95_ms"] for r in rows], marker="o", label=design)
+    a.set(xlabel="concurrent calls", ylabel="audio s per wall s (all calls)", xscale="log", title="throughput")
+    b.set(xlabel="concurrent calls", ylabel="TTFA p95 (ms)", xscale="log", title="first audio")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"{results['shape']} shape, {results['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="small")
+    parser.add_argument("--calls", default="1,2,4,8,16")
+    parser.add_argument("--designs", default="batched,per-call")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    logger.remove()
+    logger.add(lambda m: print(m, end=""), level="WARNING")
+    model = random_orpheus(args.shape, seed=0, device=args.device)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, {args.device}"
+    results = {"shape": args.shape, "machine": machine, "designs": {}}
+    for design in args.designs.split(","):
+        rows = []
+        for n in [int(x) for x in args.calls.split(",")]:
+            row = asyncio.run(_run(model, design, n))
+            rows.append(row)
+            print(
+                f"{design:9} N={n:3}  aggregate {row['aggregate_audio_per_wall_s']:.3f} audio s/s  "
+                f"per-call RTF {row['per_call_rtf_mean']:.2f}  TTFA p50 {row['ttfa_p50_ms']:.0f} ms "
+                f"p95 {row['ttfa_p95_ms']:.0f} ms",
+                flush=True,
+            )
+        results["designs"][design] = rows
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "concurrency.json").write_text(json.dumps(results, indent=1))
+    _plot(results, out / "concurrency.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
