@@ -36,7 +36,7 @@ from loguru import logger
 from pipecat_localtts.engine import batch_sampling as bs
 from pipecat_localtts.engine.codec_worker import CodecWorker
 from pipecat_localtts.engine.llama import LlamaRunner
-from pipecat_localtts.engine.request import AudioSink, Request
+from pipecat_localtts.engine.request import AudioSink, NullSink, Request
 from pipecat_localtts.engine.sampling import (
     GenerationParams,
     apply_repetition_penalty,
@@ -110,13 +110,30 @@ class BatchedEngine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Start the engine and codec threads (idempotent)."""
+    def start(self, *, warm_up: bool = True) -> None:
+        """Start the engine and codec threads (idempotent); blocking: call it off the loop.
+
+        The warm-up runs one short utterance through prefill, the batched step, the sampler
+        and the codec, so one-time kernel and allocator costs are paid now, not in the
+        first call's time to first audio.
+        """
+        started = self._start_threads()
+        if started and warm_up:
+            t0 = time.perf_counter()
+            frames = 2 * self.model.codec.lookahead_frames + 2
+            params = GenerationParams(seed=0, max_tokens=frames * TOKENS_PER_FRAME)
+            req = self.submit("Warming up.", self.model.voices[0], params, NullSink())
+            req.wait()
+            if req.error is not None:
+                raise GenerationError(f"engine warm-up failed: {req.error}") from req.error
+            logger.info(f"engine: {self.model.name} warm ({time.perf_counter() - t0:.2f} s)")
+
+    def _start_threads(self) -> bool:
         with self._cv:
             if self._closed:
                 raise EngineClosedError("engine was closed")
             if self._thread is not None:
-                return
+                return False
             self._codec = CodecWorker(
                 self.model.codec,
                 frames_per_decode=self.frames_per_decode,
@@ -127,6 +144,7 @@ class BatchedEngine:
             )
             self._thread = threading.Thread(target=self._run, name=f"localtts-batch-{self.model.name}", daemon=True)
             self._thread.start()
+            return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the threads; every request still open is ended."""
