@@ -9,6 +9,7 @@ on the frames seen so far. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Self
@@ -18,6 +19,9 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -26,6 +30,17 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
+
+
+def streamed_turn(text: str, rng: random.Random, max_piece: int) -> list[Frame]:
+    """``text`` as an LLM turn: start, text frames of 1..``max_piece`` characters, end."""
+    frames: list[Frame] = [LLMFullResponseStartFrame()]
+    i = 0
+    while i < len(text):
+        n = rng.randint(1, max_piece)
+        frames.append(LLMTextFrame(text[i : i + n]))
+        i += n
+    return [*frames, LLMFullResponseEndFrame()]
 
 
 class _Tap(FrameProcessor):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import asyncio
 
 import numpy as np
@@ -419,12 +421,22 @@ async def test_services_loading_the_same_directory_share_weights_and_engine(tmp_
     assert not a._history_engine.running
 
 
-def test_one_service_never_sees_another_service_s_text():
-    engine_request_fields = {f for f in __import__("dataclasses").fields(Request)}
-    assert "text" in {f.name for f in engine_request_fields}  # the service's own record only
-    from pipecat_localtts.engine.batched import BatchedEngine
-
-    assert not hasattr(BatchedEngine, "history")
+async def test_one_service_never_sees_another_service_s_text():
+    model = tiny_orpheus()
+    first, second = make_service(model=model), make_service(model=model)
+    await first.load()
+    await second.load()
+    engine = first.engine
+    try:
+        await run_test(first, frames_to_send=[TTSSpeakFrame("A private sentence.")])
+        assert [r.text for r in first.requests] == ["A private sentence."]
+        assert not second.requests  # the second call sees nothing of the first
+        # The shared engine holds no request (and so no text) once it is done with it.
+        assert engine.running and engine.idle
+        held = [v for v in vars(engine).values() if isinstance(v, (list, tuple, set, dict, deque))]
+        assert not [x for v in held for x in (v.values() if isinstance(v, dict) else v) if isinstance(x, Request)]
+    finally:
+        await second._close_engine()
 
 
 async def test_run_tts_is_traced_when_tracing_is_on_and_speaks_the_same_when_off(monkeypatch):

@@ -17,12 +17,9 @@ import random
 from collections import deque
 
 import pytest
-from live_pipeline import LivePipeline
+from live_pipeline import LivePipeline, streamed_turn
 from loguru import logger
 from pipecat.frames.frames import (
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSTextFrame,
@@ -44,13 +41,7 @@ pytestmark = pytest.mark.timeout(max(600, 3 * RANDOM_INPUTS))  # slow is not hun
 
 def llm_turn(text: str, rng: random.Random) -> list:
     """``text`` streamed as an LLM turn, in pieces of random sizes."""
-    frames = [LLMFullResponseStartFrame()]
-    i = 0
-    while i < len(text):
-        n = rng.randint(1, 24)
-        frames.append(LLMTextFrame(text[i : i + n]))
-        i += n
-    return [*frames, LLMFullResponseEndFrame()]
+    return streamed_turn(text, rng, max_piece=24)
 
 
 async def speak_all(service: LocalTTSService, frames: list, stall: float = 30) -> LivePipeline:

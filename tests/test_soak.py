@@ -18,12 +18,9 @@ import random
 import statistics
 
 import pytest
-from live_pipeline import InterruptionAudit, LivePipeline
+from live_pipeline import InterruptionAudit, LivePipeline, streamed_turn
 from pipecat.frames.frames import (
     InterruptionFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
     TTSSpeakFrame,
 )
 
@@ -61,13 +58,7 @@ def turn_frames(rng: random.Random) -> list:
     text = " ".join(rng.sample(SENTENCES, rng.randint(1, 2)))
     if rng.random() < 0.5:
         return [TTSSpeakFrame(text)]
-    frames = [LLMFullResponseStartFrame()]
-    i = 0
-    while i < len(text):
-        n = rng.randint(1, 12)
-        frames.append(LLMTextFrame(text[i : i + n]))
-        i += n
-    return [*frames, LLMFullResponseEndFrame()]
+    return streamed_turn(text, rng, max_piece=12)
 
 
 async def test_soak_random_barge_ins_leave_no_stray_audio_no_errors_and_no_growth():
