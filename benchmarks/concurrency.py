@@ -7,8 +7,9 @@ another). Measured per N: aggregate audio seconds per wall second, per-call real
 calls' first sentences). Two designs in the same run:
 
 * ``batched``: today's service, every call shares the model's one :class:`BatchedEngine`;
-* ``per-call``: the previous design, one single-request ``TTSEngine`` (own thread and KV
-  cache) per call on the shared weights, taking turns on the device.
+* ``per-call``: the previous design, one engine per call on the shared weights: a
+  ``BatchedEngine(max_batch=1)`` each (own engine and codec threads, own one-slot KV cache),
+  the engines taking turns on the device.
 
 Writes ``benchmarks/results/concurrency.json`` and ``concurrency.png``. Random weights never
 say stop, so each sentence runs to its max-token guard: the audio length is set by the text.
@@ -33,7 +34,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
-from pipecat_localtts.engine.engine import TTSEngine
+from pipecat_localtts.engine.batched import BatchedEngine
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.testing import random_orpheus
 
@@ -42,14 +43,14 @@ PARAMS = GenerationParams(seed=0, guard_seconds_per_char=0.04, guard_min_seconds
 
 
 class PerCallService(LocalTTSService):
-    """The previous design, for comparison: one single-request engine per call."""
+    """The previous design, for comparison: one engine with a single slot per call, not shared."""
 
     async def load(self) -> None:
         if self._engine is None:
             self._engine = await asyncio.to_thread(self._start_own, self._model)
 
     def _start_own(self, model):
-        engine = TTSEngine(model, max_tokens=self._params.max_tokens, compile=False)
+        engine = BatchedEngine(model, max_batch=1, max_tokens=self._params.max_tokens)
         engine.start()  # warm, as the shared engine is
         return engine
 

@@ -14,7 +14,7 @@ from pipecat_localtts.version import __version__
 if TYPE_CHECKING:
     from pipecat_localtts.aggregator import AdaptiveTextAggregator
     from pipecat_localtts.chunking import AdaptiveChunker, ChunkerConfig
-    from pipecat_localtts.engine.engine import TTSEngine
+    from pipecat_localtts.engine.batched import BatchedEngine
     from pipecat_localtts.engine.sampling import GenerationParams
     from pipecat_localtts.errors import (
         GenerationError,
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdaptiveChunker",
     "AdaptiveTextAggregator",
+    "BatchedEngine",
     "ChunkerConfig",
     "GenerationError",
     "GenerationParams",
@@ -35,7 +36,6 @@ __all__ = [
     "LocalTTSService",
     "ModelLoadError",
     "OrpheusModel",
-    "TTSEngine",
     "UnknownVoiceError",
     "__version__",
     "load_orpheus",
@@ -45,7 +45,7 @@ _LAZY = {
     "AdaptiveChunker": "pipecat_localtts.chunking",
     "AdaptiveTextAggregator": "pipecat_localtts.aggregator",
     "ChunkerConfig": "pipecat_localtts.chunking",
-    "TTSEngine": "pipecat_localtts.engine.engine",
+    "BatchedEngine": "pipecat_localtts.engine.batched",
     "GenerationParams": "pipecat_localtts.engine.sampling",
     "GenerationError": "pipecat_localtts.errors",
     "LocalTTSError": "pipecat_localtts.errors",

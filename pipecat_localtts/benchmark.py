@@ -2,15 +2,18 @@
 
 Every figure is measured against a baseline in the same run, on the same model and machine:
 
-1. Decode step: the engine's time per token vs (a) a bare forward step of the model with the
-   same static cache, and (b) what a user would write instead: ``generate()`` with a token
-   streamer, and the reference 28-token windowed SNAC decode on the streamer's thread.
+1. Decode step: the engine's time per token (a :class:`BatchedEngine` with one slot, as
+   ``pipecat-localtts say`` runs it) vs (a) a bare transformers forward step of the model on a
+   ``StaticCache`` of the same length, and (b) what a user would write instead: ``generate()``
+   with a token streamer, and the reference 28-token windowed SNAC decode on the streamer's
+   thread.
 2. Time to first audio through a real Pipecat pipeline, LLM tokens arriving at a set pace,
    decomposed (chunker wait, prefill, decode to the first codec window, codec, framework),
    for our adaptive chunker and for Pipecat's default sentence aggregation.
 3. Interruption: from ``InterruptionFrame`` to the engine being idle; first audio of the next
    turn right after.
-4. Memory: peak resident (and GPU) memory, and its drift over many consecutive utterances.
+4. Memory: peak resident (and GPU) memory, and its drift over many consecutive utterances
+   (the same one-slot engine).
 
 Models are :func:`pipecat_localtts.testing.random_orpheus` shapes: timing does not depend on
 the weights' values. Each shape runs in its own process (clean peak-memory figures); the
@@ -39,7 +42,8 @@ import numpy as np
 import torch
 
 from pipecat_localtts.chunking import AdaptiveChunker
-from pipecat_localtts.engine.engine import PROMPT_BUDGET, BlockingSink, TTSEngine
+from pipecat_localtts.engine.batched import BatchedEngine
+from pipecat_localtts.engine.request import BlockingSink
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.models import orpheus as o
 from pipecat_localtts.testing import SHAPES, random_orpheus
@@ -111,7 +115,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def engine_run(engine: TTSEngine, text: str, tokens: int) -> dict[str, float]:
+def engine_run(engine: BatchedEngine, text: str, tokens: int) -> dict[str, float]:
     """One request of exactly ``tokens`` tokens (unless the model stops): its timings."""
     params = GenerationParams(seed=0, max_tokens=tokens, guard_min_seconds=1e3)
     sink = BlockingSink()
@@ -219,12 +223,12 @@ def generate_baseline(model: o.OrpheusModel, prompt: list[int], tokens: int) -> 
     }
 
 
-def bench_step(model: o.OrpheusModel, engine: TTSEngine, *, tokens: int, rounds: int) -> dict:
+def bench_step(model: o.OrpheusModel, engine: BatchedEngine, *, tokens: int, rounds: int) -> dict:
     """Section 1, interleaving the three measurements round by round to share the noise."""
     prompt = model.build_prompt(STEP_TEXT, model.voices[0])
     bare, ours, base = [], [], []
     for _ in range(rounds):
-        bare.append(bare_forward_ms(model, prompt, min(tokens, 64), engine._lm.max_len))
+        bare.append(bare_forward_ms(model, prompt, min(tokens, 64), engine.max_len))
         ours.append(engine_run(engine, STEP_TEXT, tokens))
         base.append(generate_baseline(model, prompt, tokens))
 
@@ -409,7 +413,7 @@ def bench_pipeline(model: o.OrpheusModel, *, rounds: int, tokens_per_s: float) -
 # ---------------------------------------------------------------------- 4. memory
 
 
-def bench_memory(model: o.OrpheusModel, engine: TTSEngine, *, utterances: int) -> dict:
+def bench_memory(model: o.OrpheusModel, engine: BatchedEngine, *, utterances: int) -> dict:
     """RSS (and GPU memory) after each of many short consecutive utterances."""
     params = GenerationParams(seed=0, max_tokens=5 * o.TOKENS_PER_FRAME, guard_min_seconds=1e3)
     rss, gpu = [], []
@@ -445,7 +449,9 @@ def run_shape(shape: str, *, device: str | None, rounds: int, tokens: int, utter
     """All sections for one model shape, in this process."""
     t0 = time.perf_counter()
     model = random_orpheus(shape, seed=0, device=device)
-    engine = TTSEngine(model, max_tokens=GenerationParams().max_tokens)
+    # One slot: sections 1 and 4 measure one request at a time (the pipeline sections run
+    # the service, on its shared engine).
+    engine = BatchedEngine(model, max_batch=1, max_tokens=GenerationParams().max_tokens)
     engine.start()
     try:
         result: dict[str, Any] = {
@@ -454,8 +460,8 @@ def run_shape(shape: str, *, device: str | None, rounds: int, tokens: int, utter
                                                      "num_key_value_heads", "intermediate_size", "vocab_size")},
             "params_m": sum(p.numel() for p in model.lm.parameters()) / 1e6,
             "dtype": str(next(model.lm.parameters()).dtype),
-            "cache_tokens": PROMPT_BUDGET + engine.max_tokens,
-            "compiled": engine._lm.compiled,
+            "max_batch": engine.max_batch,
+            "cache_tokens": engine.max_len,  # per slot: the prompt budget + max_tokens
             "machine": machine_info(model.device),
         }
         result["step"] = bench_step(model, engine, tokens=tokens, rounds=rounds)

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _say(args: argparse.Namespace) -> int:
     from pipecat_localtts.chunking import is_speakable, split_text
-    from pipecat_localtts.engine.engine import BlockingSink, TTSEngine
+    from pipecat_localtts.engine.batched import BatchedEngine
+    from pipecat_localtts.engine.request import BlockingSink
     from pipecat_localtts.engine.sampling import GenerationParams
     from pipecat_localtts.models.orpheus import load_orpheus
     from pipecat_localtts.testing import tiny_orpheus
@@ -69,7 +70,8 @@ def _say(args: argparse.Namespace) -> int:
     if not chunks:
         raise LocalTTSError("nothing to say: the text has no letters or digits")
     params = GenerationParams(seed=args.seed)
-    engine = TTSEngine(model, max_tokens=params.max_tokens)
+    # One request at a time, in order: one slot is all the utterances need.
+    engine = BatchedEngine(model, max_batch=1, max_tokens=params.max_tokens)
     engine.start()
     pieces: list[np.ndarray] = []
     t0 = time.perf_counter()

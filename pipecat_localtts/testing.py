@@ -9,14 +9,14 @@ Nothing here touches the network.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pipecat_localtts.codecs.snac import (
-    SNAC_24KHZ_CONFIG,
-    TINY_SNAC_CONFIG,
-    SNACCodec,
-    build_random_snac,
-)
+from pipecat_localtts.codecs.snac import SNAC_24KHZ_CONFIG, SNACCodec
 from pipecat_localtts.models import orpheus as o
+
+#: Same hop, strides, codebooks and receptive field as the real SNAC 24 kHz model, far fewer
+#: channels: a few ms per streaming window on a CPU.
+TINY_SNAC_CONFIG: dict[str, Any] = {**SNAC_24KHZ_CONFIG, "encoder_dim": 8, "decoder_dim": 64}
 
 # The special tokens a Llama-3 tokenizer has at these ids (the rest of 128000..128255 are
 # reserved tokens the Orpheus prompt never uses).
@@ -126,6 +126,25 @@ SHAPES: dict[str, dict] = {
         **LLAMA3_ROPE,
     ),
 }
+
+
+def build_random_snac(config: dict[str, Any], seed: int = 0):
+    """A randomly initialised ``snac.SNAC`` (no weights needed), on the CPU, in eval mode.
+
+    Args:
+        config: SNAC constructor arguments, e.g. :data:`TINY_SNAC_CONFIG` or
+            :data:`~pipecat_localtts.codecs.snac.SNAC_24KHZ_CONFIG`.
+        seed: Seed of the initialisation; the same seed gives the same weights. The global
+            torch RNG state is left untouched.
+    """
+    import torch
+    from snac import SNAC
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SNAC(**config)
+    model.snac_config = dict(config)  # kept so the model can be saved as a checkpoint again
+    return model.eval()
 
 
 def tiny_llama(seed: int = 0, **overrides):

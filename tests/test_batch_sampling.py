@@ -6,16 +6,29 @@ import pytest
 import torch
 
 from pipecat_localtts.engine import batch_sampling as bs
-from pipecat_localtts.engine.engine import TTSEngine
 from pipecat_localtts.engine.sampling import (
     GenerationParams,
     apply_repetition_penalty,
     sample_token,
 )
 from pipecat_localtts.models import orpheus as o
-from pipecat_localtts.testing import tiny_orpheus
+from pipecat_localtts.models.base import TokenLayout
+from pipecat_localtts.testing import tiny_llama
 
-N = bs.NUM_CANDIDATES
+# Orpheus's layout, written out from its constants (the model object builds the same one).
+LAYOUT = TokenLayout.contiguous(o.AUDIO_TOKEN_BASE, o.CODEBOOK_SIZE, o.TOKENS_PER_FRAME, [o.END_OF_SPEECH])
+N = o.CODEBOOK_SIZE + 1  # a row's codes + the stop column
+STOP_COLUMN = o.CODEBOOK_SIZE
+UNION_LO = o.END_OF_SPEECH  # the stop token sits just below the audio tokens
+
+
+def head_of(weight, bias=None) -> bs.CandidateHead:
+    return bs.CandidateHead(LAYOUT, weight, bias)
+
+
+def step(hidden, weight, bias, slot, seen, r):
+    """``sample_step`` with the head and host slots built from tensors."""
+    return bs.sample_step(hidden, head_of(weight, bias), slot.tolist(), seen, r)
 WORD = (1 << 64) - 1
 
 
@@ -160,34 +173,40 @@ def test_empirical_frequencies_match_the_nucleus_softmax(top_p):
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return TTSEngine(tiny_orpheus(seed=0), max_tokens=64)  # not started: _sample only
+def head_weight():
+    return tiny_llama(0).lm_head.weight.detach()  # [V, 16], Orpheus's vocabulary
 
 
-def test_candidate_logits_are_the_head_rows_of_each_row_slot(engine):
-    w, bias = engine._lm.head_weight, torch.randn(o.VOCAB_SIZE)
+def test_candidate_logits_are_the_head_rows_of_each_row_slot(head_weight):
+    w, bias = head_weight, torch.randn(o.VOCAB_SIZE)
+    head = head_of(w, bias)
     slot = torch.arange(o.TOKENS_PER_FRAME)
     hidden = torch.randn(len(slot), w.shape[1], generator=torch.Generator().manual_seed(4))
-    out = bs.candidate_logits(hidden, w, bias, slot)
+    out = head.logits(hidden, slot.tolist())  # every row at another slot: the mixed path
     full = hidden @ w.T + bias  # [TOKENS_PER_FRAME, V]
     for b in range(o.TOKENS_PER_FRAME):
         lo, hi = o.slot_token_range(b)
         torch.testing.assert_close(out[b, : o.CODEBOOK_SIZE], full[b, lo:hi])
         stop = full[b, o.END_OF_SPEECH] if b == 0 else torch.tensor(float("-inf"))
-        torch.testing.assert_close(out[b, bs.STOP_COLUMN], stop)
-    alone = bs.candidate_logits(hidden[3:4], w, bias, slot[3:4])
+        torch.testing.assert_close(out[b, STOP_COLUMN], stop)
+    alone = head.logits(hidden[3:4], [3])
     torch.testing.assert_close(alone[0], out[3])  # BLAS may differ in the last bits
+    same = head.logits(hidden, [0] * len(slot))  # all rows at one slot: one matmul
+    torch.testing.assert_close(same[:, : o.CODEBOOK_SIZE], full[:, slice(*o.slot_token_range(0))])
+    torch.testing.assert_close(same[:, STOP_COLUMN], full[:, o.END_OF_SPEECH])
 
 
-def test_candidate_to_token_maps_back_to_the_slot_ranges_and_the_stop_id():
+def test_candidate_to_token_maps_back_to_the_slot_ranges_and_the_stop_id(head_weight):
+    head = head_of(head_weight)
     slot = torch.arange(o.TOKENS_PER_FRAME).repeat_interleave(3)
-    index = torch.tensor([0, o.CODEBOOK_SIZE - 1, bs.STOP_COLUMN] * o.TOKENS_PER_FRAME)
-    tokens = bs.candidate_to_token(index, slot).tolist()
+    index = torch.tensor([0, o.CODEBOOK_SIZE - 1, STOP_COLUMN] * o.TOKENS_PER_FRAME)
+    tokens = head.to_token(index, slot).tolist()
     for s, i, t in zip(slot.tolist(), index.tolist(), tokens):
-        assert t == (o.END_OF_SPEECH if i == bs.STOP_COLUMN else o.audio_token(s, i))
-    # The union column of a candidate is its token id minus UNION_LO.
-    cols = bs.candidate_columns(slot).gather(1, index[:, None])[:, 0]
-    assert (cols + bs.UNION_LO).tolist() == tokens
+        assert t == (o.END_OF_SPEECH if i == STOP_COLUMN else o.audio_token(s, i))
+    # The union column of a candidate is its token id minus the union's first id.
+    cols = head.columns(slot).gather(1, index[:, None])[:, 0]
+    assert head.union_lo == UNION_LO
+    assert (cols + UNION_LO).tolist() == tokens
 
 
 def test_the_stop_token_is_only_sampled_at_slot_0():
@@ -197,8 +216,8 @@ def test_the_stop_token_is_only_sampled_at_slot_0():
     hidden = torch.zeros(700, 16)
     hidden[:, 0] = 10.0  # every row wants to stop: its logit is 100, the codes' about 0
     slot = torch.arange(700) % o.TOKENS_PER_FRAME
-    seen = bs.new_seen(700)
-    tokens = bs.sample_step(hidden, w, None, slot, seen, rows(700, 1.5, 1.0, step=list(range(700))))
+    seen = head_of(w).new_seen(700)
+    tokens = step(hidden, w, None, slot, seen, rows(700, 1.5, 1.0, step=list(range(700))))
     is_stop = tokens == o.END_OF_SPEECH
     assert is_stop[slot == 0].all() and not is_stop[slot != 0].any()
 
@@ -213,42 +232,104 @@ def test_repetition_penalty_is_applied_per_row_like_the_single_row_version():
             assert torch.equal(out[b], apply_repetition_penalty(logits[b].to(dtype), seen[b], p))
 
 
-def test_seen_marks_are_per_row_in_the_candidate_layout():
-    seen = bs.new_seen(2)
+def test_seen_marks_are_per_row_in_the_candidate_layout(head_weight):
+    head = head_of(head_weight)
+    seen = head.new_seen(2)
     ids = [o.audio_token(1, 5), o.audio_token(0, 9), o.END_OF_TEXT, o.END_OF_SPEECH]
     tokens = torch.tensor(ids)
-    bs.mark_seen(seen, torch.tensor([0, 1, 0, 1]), tokens)
+    head.mark_seen(seen, torch.tensor([0, 1, 0, 1]), tokens)
     assert int(seen.sum()) == 3  # END_OF_TEXT is outside the union, never a candidate
-    cand = bs.candidate_seen(seen, torch.tensor([1, 0]))
+    cand = head.candidate_seen(seen, torch.tensor([1, 0]))
     assert cand[0].nonzero().flatten().tolist() == [5]
-    assert cand[1].nonzero().flatten().tolist() == [9, bs.STOP_COLUMN]
+    assert cand[1].nonzero().flatten().tolist() == [9, STOP_COLUMN]
 
 
-def test_greedy_batch_picks_what_tts_engine_sample_picks(engine):
-    lm = engine._lm
+def slot_allowed(position: int) -> torch.Tensor:
+    """The tokens valid at an audio position, over the whole vocabulary (written independently
+    of the sampler): the 4096 codes of the frame slot, and the stop token at slot 0."""
+    mask = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
+    slot = position % 7
+    mask[128266 + 4096 * slot : 128266 + 4096 * (slot + 1)] = True
+    if slot == 0:
+        mask[128258] = True
+    return mask
+
+
+def reference_pick(hidden, weight, bias, position, seen_full, params, seed) -> int:
+    """One token the long way: full logits, the penalty over the whole vocabulary, the valid
+    tokens of the slot, then argmax (greedy) or Gumbel-max over the nucleus with the noise the
+    batch sampler uses (one uniform per candidate: code c -> column c, stop -> STOP_COLUMN)."""
+    logits = weight @ hidden + bias  # [V]
+    p = params.repetition_penalty
+    logits = torch.where(seen_full, torch.where(logits > 0, logits / p, logits * p), logits)
+    valid = slot_allowed(position).nonzero().flatten()  # token ids, ascending
+    cand = logits[valid]
+    if params.temperature == 0:
+        return int(valid[cand.argmax()])
+    lo = o.AUDIO_TOKEN_BASE + o.CODEBOOK_SIZE * (position % 7)
+    column = torch.where(valid == o.END_OF_SPEECH, torch.tensor(STOP_COLUMN), valid - lo)
+    u = bs.uniform_noise(torch.tensor([seed]), torch.tensor([position]), N)[0]
+    gumbel = -torch.log(-torch.log(u[column]))
+    scaled = cand.float() / params.temperature
+    probs = torch.softmax(scaled, -1)
+    order = probs.argsort(descending=True)
+    before = probs[order].cumsum(0) - probs[order]
+    nucleus = order[before < params.top_p]
+    best = nucleus[(scaled[nucleus] + gumbel[nucleus]).argmax()]
+    return int(valid[best])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GenerationParams(temperature=0.0, repetition_penalty=1.3, seed=0),
+        GenerationParams(temperature=0.8, top_p=0.9, repetition_penalty=1.3, seed=77),
+        GenerationParams(temperature=1.2, top_p=1.0, repetition_penalty=1.0, seed=5),
+    ],
+    ids=["greedy", "top-p", "full-softmax"],
+)
+def test_the_batch_picks_what_a_full_vocabulary_reference_picks(params):
     gen = torch.Generator().manual_seed(5)
-    params = GenerationParams(temperature=0.0, repetition_penalty=1.3)
+    h = 32
+    weight = torch.randn(o.VOCAB_SIZE, h, generator=gen) * 0.5
+    weight[:, 0] = 0.0
+    weight[o.END_OF_SPEECH, 0] = 1.0  # only the stop token reads dimension 0
+    bias = torch.randn(o.VOCAB_SIZE, generator=gen) * 0.5
     b = 21
-    hidden = torch.randn(b, lm.head_weight.shape[1], generator=gen) * 3
-    hidden[0] = lm.head_weight[o.END_OF_SPEECH] * 20  # slot 0 stops, slot 1 cannot
-    hidden[1] = lm.head_weight[o.END_OF_SPEECH] * 20
+    hidden = torch.randn(b, h, generator=gen)
+    hidden[:, 0] = 0.0
+    hidden[:2, 0] = 100.0  # rows 0 and 1 want to stop: row 0 (slot 0) may, row 1 (slot 1) not
     position = torch.arange(b) + o.TOKENS_PER_FRAME * torch.randint(0, 5, (b,), generator=gen)
     slot = position % o.TOKENS_PER_FRAME
     seen_tokens = [o.PAD]  # inside the union block, never a candidate
     for s in range(o.TOKENS_PER_FRAME):
         seen_tokens += [o.audio_token(s, c) for c in range(0, o.CODEBOOK_SIZE, 3)]
-    seen_full = torch.zeros(lm.vocab_size, dtype=torch.bool)
+    seen_full = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
     seen_full[seen_tokens] = True
-    seen = bs.new_seen(b)
+    head = head_of(weight, bias)
+    seen = head.new_seen(b)
     for row in range(b):
-        bs.mark_seen(seen, torch.full((len(seen_tokens),), row), torch.tensor(seen_tokens))
-    r = bs.RowParams.build([params] * b, [bs.request_seed(params)] * b, position.tolist())
-    ours = bs.sample_step(hidden, lm.head_weight, lm.head_bias, slot, seen, r).tolist()
+        head.mark_seen(seen, torch.full((len(seen_tokens),), row), torch.tensor(seen_tokens))
+    seed = bs.request_seed(params)
+    r = bs.RowParams.build([params] * b, [seed] * b, position.tolist())
+    ours = step(hidden, weight, bias, slot, seen, r).tolist()
     theirs = [
-        engine._sample(hidden[i], int(position[i]), seen_full, params, None) for i in range(b)
+        reference_pick(hidden[i], weight, bias, int(position[i]), seen_full, params, seed) for i in range(b)
     ]
     assert ours == theirs
     assert ours[0] == o.END_OF_SPEECH and ours[1] != o.END_OF_SPEECH
+    assert all(slot_allowed(int(p))[t] for p, t in zip(position, ours))
+    # A row alone (the one-row head path) picks the same.
+    for i in (0, 1, 9):
+        one = bs.RowParams.build([params], [seed], [int(position[i])])
+        row = slice(i, i + 1)
+        assert step(hidden[row], weight, bias, slot[row], seen[row], one).tolist() == [theirs[i]]
+    if params.temperature > 0:  # the noise matters: the picks are not simply the argmax
+        argmax = GenerationParams(temperature=0.0, repetition_penalty=params.repetition_penalty)
+        greedy = [
+            reference_pick(hidden[i], weight, bias, int(position[i]), seen_full, argmax, seed) for i in range(b)
+        ]
+        assert greedy != theirs
 
 
 # ------------------------------------------------------------------ parameters
@@ -266,3 +347,10 @@ def test_row_params_carry_each_request_and_its_64_bit_seed():
         bs.RowParams.build([a, b], [1], [0, 0])
     with pytest.raises(ValueError, match="constrain_audio_tokens"):
         bs.RowParams.build([GenerationParams(constrain_audio_tokens=False)], [1], [0])
+
+
+def test_the_orpheus_model_builds_this_layout():
+    from pipecat_localtts.testing import tiny_orpheus
+
+    assert tiny_orpheus().token_layout == LAYOUT
+    assert LAYOUT.slot_range(3) == o.slot_token_range(3)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from pipecat_localtts.engine.batched import BatchedEngine
-from pipecat_localtts.engine.engine import BlockingSink, TTSEngine
-from pipecat_localtts.engine.request import NullSink
+from pipecat_localtts.engine.request import BlockingSink, NullSink
 from pipecat_localtts.engine.sampling import GenerationParams
-from pipecat_localtts.testing import tiny_orpheus
+from pipecat_localtts.errors import EngineClosedError, GenerationError
+from pipecat_localtts.models import orpheus as o
+from pipecat_localtts.testing import tiny_llama, tiny_orpheus
 
 TEXTS = [
     "Hello there.",
@@ -84,23 +87,79 @@ def test_each_request_in_a_batch_equals_its_solo_run(model):
         assert np.abs(_int16(audio[i]) - _int16(solo_audio)).max() <= 4
 
 
-def test_greedy_tokens_equal_the_single_request_engine(model):
-    params = GenerationParams(temperature=0, guard_seconds_per_char=0.02, guard_min_seconds=0.6)
-    old = TTSEngine(model, max_tokens=256)
-    old.start()
-    try:
-        sink = BlockingSink()
-        ref = old.submit(TEXTS[1], "tara", params, sink)
-        list(sink)
-    finally:
-        old.close()
+def slot_allowed(position: int) -> torch.Tensor:
+    """The tokens valid at an audio position (written independently of the engine): the 4096
+    codes of the frame slot, and the stop token at a frame boundary."""
+    mask = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
+    slot = position % 7
+    mask[128266 + 4096 * slot : 128266 + 4096 * (slot + 1)] = True
+    if slot == 0:
+        mask[128258] = True
+    return mask
+
+
+@torch.inference_mode()
+def uncached_greedy(model, prompt: list[int], max_new: int, params: GenerationParams) -> list[int]:
+    """Greedy decoding with the transformers model's own forward over the whole sequence for
+    every token (no cache, full logits), the repetition penalty over every token so far, and,
+    when constrained, only the tokens valid at the frame slot."""
+    seq = list(prompt)
+    seen = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
+    seen[seq] = True
+    p = params.repetition_penalty
+    for position in range(max_new):
+        logits = model.lm(input_ids=torch.tensor([seq]), logits_to_keep=1).logits[0, -1]
+        logits = torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        if params.constrain_audio_tokens:
+            logits = logits.masked_fill(~slot_allowed(position), float("-inf"))
+        token = int(logits.argmax())
+        seq.append(token)
+        seen[token] = True
+        if token == o.END_OF_SPEECH:
+            break
+    return seq[len(prompt) :]
+
+
+@pytest.fixture(scope="module")
+def sharp_model(model):
+    """The tiny model with larger random weights: its greedy tokens depend on the text and
+    repeat, so the repetition penalty changes them."""
+    lm = tiny_llama(0, initializer_range=0.3)
+    return o.OrpheusModel(lm=lm, tokenizer=model.tokenizer, codec=model.codec, name="tiny-sharp", synthetic=True)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_cached_greedy_rows_equal_the_uncached_transformers_forward(sharp_model, penalty):
+    # One batch mixing constrained rows (the batched candidate sampler) and an unconstrained
+    # one (the whole vocabulary), each against its own uncached reference.
+    model = sharp_model
+    base = dict(temperature=0, repetition_penalty=penalty, guard_seconds_per_char=0.02, guard_min_seconds=0.6)
+    params = [
+        GenerationParams(**base),
+        GenerationParams(**base, constrain_audio_tokens=False),
+        GenerationParams(**base),
+    ]
     engine = _engine(model, max_batch=3)
     try:
-        reqs = [engine.submit(TEXTS[i], "tara", params, NullSink()) for i in (0, 1, 2)]
+        reqs = [engine.submit(TEXTS[i], "tara", params[i], NullSink()) for i in (0, 1, 2)]
         assert all(r.wait(30) for r in reqs)
     finally:
         engine.close()
-    assert reqs[1].tokens == ref.tokens and len(ref.tokens) > 50
+    assert max(engine.batch_sizes) == 3
+    for req, p in zip(reqs, params, strict=True):
+        reference = uncached_greedy(model, req.prompt_ids, req.max_new_tokens, p)
+        assert req.tokens == reference
+        stopped = reference[-1] == o.END_OF_SPEECH
+        assert req.finish_reason == ("stop" if stopped else "length")
+        assert len(reference) > 40 or stopped
+        # One prefill, then one step per further token: the prefix is never run again.
+        assert req.steps == len(req.tokens)
+        if penalty != 1.0:  # the penalty really changed what was generated
+            unpenalised = dataclasses.replace(p, repetition_penalty=1.0)
+            assert uncached_greedy(model, req.prompt_ids, req.max_new_tokens, unpenalised) != reference
+    assert len({tuple(r.tokens) for r in reqs}) == 3  # each row its own tokens
+    assert reqs[0].finish_reason == reqs[2].finish_reason == "length"
+    assert all(slot_allowed(i)[t] for r in (reqs[0], reqs[2]) for i, t in enumerate(r.tokens))
 
 
 def test_cancel_stops_one_row_within_a_step_and_leaves_the_others_alone(model):
@@ -140,7 +199,7 @@ def test_waiting_requests_are_admitted_in_order_and_can_be_cancelled(model):
 def test_a_failed_prefill_fails_only_its_request(model, monkeypatch):
     solo = _solo(model, 2)
     engine = _engine(model, max_batch=3)
-    runner = engine._runner
+    runner = engine.source.runner
     real = runner.prefill
     marker = model.build_prompt(TEXTS[4], "tara")
 
@@ -151,11 +210,14 @@ def test_a_failed_prefill_fails_only_its_request(model, monkeypatch):
 
     monkeypatch.setattr(runner, "prefill", prefill)
     try:
-        bad = engine.submit(TEXTS[4], "tara", _params(4), NullSink())
+        bad_sink = BlockingSink()
+        bad = engine.submit(TEXTS[4], "tara", _params(4), bad_sink)
         sink = BlockingSink()
         good = engine.submit(TEXTS[2], "tara", _params(2), sink)
         audio = _collect(good, sink)
-        assert bad.wait(10) and bad.finish_reason == "error" and "out of memory" in str(bad.error)
+        with pytest.raises(GenerationError, match="out of memory"):  # the consumer gets the error
+            list(bad_sink)
+        assert bad.wait(10) and bad.finish_reason == "error" and bad.steps == 0
     finally:
         engine.close()
     assert good.tokens == solo[0] and np.abs(_int16(audio) - _int16(solo[1])).max() <= 4
@@ -163,7 +225,7 @@ def test_a_failed_prefill_fails_only_its_request(model, monkeypatch):
 
 def test_a_failed_batched_step_fails_its_rows_and_the_engine_serves_the_next(model, monkeypatch):
     engine = _engine(model, max_batch=3)
-    runner = engine._runner
+    runner = engine.source.runner
     real = runner.decode
     calls = {"n": 0}
 
@@ -195,7 +257,9 @@ def test_close_ends_every_request_so_no_consumer_waits(model):
     engine.close()
     assert all(r.wait(10) for r in reqs)
     assert {r.finish_reason for r in reqs} <= {"cancelled", "length"}
-    with pytest.raises(Exception, match="not running|closed"):
+    assert reqs[-1].finish_reason == "cancelled" and reqs[-1].steps == 0  # still waiting: never ran
+    assert not engine.running
+    with pytest.raises(EngineClosedError, match="not running"):
         engine.submit("Hello.", "tara", _params(0), NullSink())
 
 

@@ -68,3 +68,5 @@ def test_benchmark_suite_runs_and_writes_json_and_plot(tmp_path):
     assert interruption["to_lm_idle_ms"] <= interruption["to_codec_idle_ms"]
     assert len(memory["rss_trace_mb"]) == 8 and memory["peak_rss_mb"] > 0
     assert r["machine"]["device"] == "cpu"
+    # Sections 1 and 4 ran the engine with one slot, as `say` does.
+    assert r["max_batch"] == 1 and r["cache_tokens"] == 512 + 2048 and "compiled" not in r

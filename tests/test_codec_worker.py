@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from pipecat_localtts.codecs.snac import TINY_SNAC_CONFIG, SNACCodec, build_random_snac
+from pipecat_localtts.codecs.snac import SNACCodec
 from pipecat_localtts.engine.codec_worker import CodecWorker
-from pipecat_localtts.engine.engine import Request
+from pipecat_localtts.engine.request import Request
 from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.testing import TINY_SNAC_CONFIG, build_random_snac
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,116 @@ def test_codec_failure_fails_the_request_and_the_worker_goes_on(codec):
         worker.close()
     assert out.ended[ok.id] == "stop"
     np.testing.assert_allclose(out.pcm(ok), codec.decode(codes), atol=1e-4, rtol=0)
+
+
+def feed_interleaved(worker, reqs, codes):
+    """Frames of several requests, interleaved as the batched LM produces them."""
+    for i in range(max(len(c) for c in codes)):
+        for req, c in zip(reqs, codes):
+            if i < len(c):
+                worker.frame(req, tuple(int(x) for x in c[i]))
+
+
+class CountingCodec:
+    """The real codec, with each batched call and its windows recorded (and slowed)."""
+
+    def __init__(self, codec, delay: float = 0.0, fail_if=None):
+        self._codec, self._delay, self._fail_if = codec, delay, fail_if
+        self.calls: list[list[int]] = []  # per call: each window's start frame
+        self.firsts: list[tuple[int, ...]] = []  # each window's first frame, in decode order
+
+    def __getattr__(self, name):
+        return getattr(self._codec, name)
+
+    def stream(self, *, frames_per_decode: int = 1):
+        stream = self._codec.stream(frames_per_decode=frames_per_decode)
+        stream.codec = self  # its own decodes (push/flush) go through us as well
+        return stream
+
+    def decode_windows(self, windows):
+        self.calls.append([int(w[1]) for w in windows])
+        self.firsts.extend(tuple(w[0][0].tolist()) for w in windows)
+        time.sleep(self._delay)
+        if self._fail_if is not None and any(self._fail_if(w) for w in windows):
+            raise RuntimeError("codec blew up")
+        return self._codec.decode_windows(windows)
+
+
+def test_interleaved_requests_waiting_for_a_busy_codec_get_big_windows_and_exact_audio(codec):
+    out = Collector()
+    counting = CountingCodec(codec, delay=0.05)
+    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    reqs = [request() for _ in range(4)]
+    codes = [frames(24, seed=i) for i in range(4)]
+    try:
+        feed_interleaved(worker, reqs, codes)
+        for req in reqs:
+            worker.end(req, "length")
+        deadline = time.monotonic() + 30
+        while len(out.ended) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.idle
+    finally:
+        worker.close()
+    assert all(out.ended[r.id] == "length" for r in reqs)
+    for req, c in zip(reqs, codes):
+        np.testing.assert_allclose(out.pcm(req), codec.decode(c), atol=1e-4, rtol=0)
+    # One window per frame would be 4 x 24 windows; waiting frames of each request share windows.
+    assert worker.windows <= 4 * 4, worker.windows
+    assert worker.decode_calls == len(counting.calls) == worker.windows  # CPU: one window per call
+
+
+def test_a_new_requests_first_window_goes_before_the_others_next_windows(codec):
+    out = Collector()
+    counting = CountingCodec(codec, delay=0.1)
+    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    old, new = request(), request()
+    try:
+        for f in frames(4):  # old's first window starts decoding (slowly)
+            worker.frame(old, tuple(int(c) for c in f))
+        time.sleep(0.03)
+        for f in frames(10, seed=1):  # old has more due while that runs...
+            worker.frame(old, tuple(int(c) for c in f))
+        for f in frames(4, seed=2):  # ...and new's first window becomes due too
+            worker.frame(new, tuple(int(c) for c in f))
+        worker.end(old, "length")
+        worker.end(new, "length")
+        deadline = time.monotonic() + 30
+        while len(out.ended) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.close()
+    # old's first window, then new's first window, before old's next one.
+    first_of = {tuple(frames(4)[0].tolist()): "old", tuple(frames(4, seed=2)[0].tolist()): "new"}
+    order = [first_of.get(f, "other") for f in counting.firsts]
+    assert order[:2] == ["old", "new"], order
+    assert len(order) >= 3 and out.ended == {old.id: "length", new.id: "length"}
+
+
+def test_batched_windows_decode_many_requests_in_one_call_and_a_bad_window_fails_only_its_request(codec):
+    out = Collector()
+    bad_code = 4095
+
+    def poisoned(window):
+        return bool((window[0] == bad_code).all(dim=1).any())  # a frame of nothing but 4095
+
+    counting = CountingCodec(codec, delay=0.05, fail_if=poisoned)
+    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish, batch_windows=True)
+    reqs = [request() for _ in range(4)]
+    codes = [frames(12, seed=10 + i) for i in range(4)]
+    codes[2][8] = bad_code
+    try:
+        feed_interleaved(worker, reqs, codes)
+        for req in reqs:
+            worker.end(req, "length")
+        deadline = time.monotonic() + 30
+        while len(out.ended) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.close()
+    assert max(len(call) for call in counting.calls) > 1  # several requests' windows in one call
+    assert out.ended[reqs[2].id] == "error" and "codec blew up" in str(reqs[2].error)
+    assert reqs[2].cancelled
+    for i in (0, 1, 3):
+        assert out.ended[reqs[i].id] == "length"
+        np.testing.assert_allclose(out.pcm(reqs[i]), codec.decode(codes[i]), atol=1e-4, rtol=0)

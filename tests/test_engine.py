@@ -1,48 +1,50 @@
-"""Engine: KV-cached decoding, sampling, stop, guard, cancellation, failures."""
+"""The engine one request at a time: valid tokens, exact streamed audio, seeds, stop, guard,
+cancellation from another thread, warm-up, timings; and the generation parameters.
+
+The engine is :class:`BatchedEngine` (batching itself: ``test_batched_engine.py``). The engine
+uses the output layer as a matrix, so a hook on ``lm_head`` would not be seen: the model is
+steered by wrapping ``LlamaRunner.prefill`` / ``decode`` (patched on the class, after the
+engine has started) instead.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from pipecat_localtts.engine.engine import BlockingSink, Request, TTSEngine
-from pipecat_localtts.engine.lm import CausalLM
-from pipecat_localtts.engine.sampling import GenerationParams, apply_repetition_penalty, sample_token
-from pipecat_localtts.errors import EngineClosedError, GenerationError, UnknownVoiceError
+from pipecat_localtts.engine.batched import BatchedEngine
+from pipecat_localtts.engine.llama import LlamaRunner
+from pipecat_localtts.engine.request import BlockingSink, Request
+from pipecat_localtts.engine.sampling import (
+    GenerationParams,
+    apply_repetition_penalty,
+    sample_token,
+)
+from pipecat_localtts.errors import GenerationError, UnknownVoiceError
 from pipecat_localtts.models import orpheus as o
 from pipecat_localtts.testing import tiny_orpheus
 
 GREEDY = GenerationParams(temperature=0.0, repetition_penalty=1.0, max_tokens=42)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model():
     return tiny_orpheus(seed=0)
 
 
 @pytest.fixture
 def engine(model):
-    eng = TTSEngine(model, max_tokens=512)
+    eng = BatchedEngine(model, max_tokens=512)
     eng.start()
     yield eng
     eng.close()
 
 
-@pytest.fixture
-def full_head_engine(model):
-    """An engine that runs the model's own output layer, so lm_head hooks see every step."""
-    eng = TTSEngine(model, max_tokens=512, restrict_head=False)
-    eng.start()
-    yield eng
-    eng.close()
-
-
-def run(engine: TTSEngine, text: str, params: GenerationParams, voice: str = "tara"):
+def run(engine: BatchedEngine, text: str, params: GenerationParams, voice: str = "tara"):
     sink = BlockingSink()
     req = engine.submit(text, voice, params, sink)
     audio = list(sink)
@@ -51,7 +53,7 @@ def run(engine: TTSEngine, text: str, params: GenerationParams, voice: str = "ta
 
 
 class Recorder:
-    """A sink that records audio and calls ``hook`` on every piece (engine thread)."""
+    """A sink that records audio and calls ``hook`` on every piece (codec thread)."""
 
     def __init__(self, hook=None):
         self.pieces: list[np.ndarray] = []
@@ -77,29 +79,49 @@ def slot_allowed(position: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("constrained", [True, False])
-def test_cached_generation_equals_uncached_greedy(engine, model, constrained):
-    params = GenerationParams(
-        temperature=0.0, repetition_penalty=1.0, max_tokens=42, constrain_audio_tokens=constrained
-    )
-    req, _ = run(engine, "Hello there.", params)
-    assert req.finish_reason == "length" and len(req.tokens) == 42
-    # Uncached reference: re-run the whole sequence for every token.
-    seq = list(req.prompt_ids)
-    with torch.inference_mode():
-        for position in range(42):
-            logits = model.lm(input_ids=torch.tensor([seq])).logits[0, -1]
-            if constrained:
-                logits = logits.masked_fill(~slot_allowed(position), float("-inf"))
-            seq.append(int(logits.argmax()))
-    assert req.tokens == seq[len(req.prompt_ids) :]
-    # One prefill plus one step per further token: the prefix is never re-run.
-    assert req.steps == 1 + 41
+@pytest.fixture(scope="module")
+def steerable():
+    """The tiny model with an output layer of its own in which only the stop token reads hidden
+    dimension 0 (the other rows are zero there): setting that dimension of the hidden states
+    the runner returns moves the stop token's logit and nothing else."""
+    m = tiny_orpheus(seed=0)
+    weight = m.lm.lm_head.weight.detach().clone()  # [V, H]
+    weight[:, 0] = 0.0
+    weight[o.END_OF_SPEECH, 0] = 1.0
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    m.lm.lm_head = head
+    return m
+
+
+def steer_stop(monkeypatch, *, before: float, after: float, from_position: int):
+    """One request at a time: the stop token's logit is ``before`` at the audio positions
+    before ``from_position`` and ``after`` from there on (the codes' logits unchanged)."""
+    real_prefill, real_decode = LlamaRunner.prefill, LlamaRunner.decode
+    position = {"n": 0}
+
+    def steered(hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.clone()
+        hidden[..., 0] = before if position["n"] < from_position else after
+        return hidden
+
+    def prefill(self, slot, ids, start=0):
+        position["n"] = 0  # the prefill gives the first audio token
+        return steered(real_prefill(self, slot, ids, start))
+
+    def decode(self, slots, tokens):
+        position["n"] += 1
+        return steered(real_decode(self, slots, tokens))
+
+    monkeypatch.setattr(LlamaRunner, "prefill", prefill)
+    monkeypatch.setattr(LlamaRunner, "decode", decode)
 
 
 def test_constrained_sampling_only_produces_valid_audio_tokens(engine):
     req, audio = run(engine, "Hello there.", GenerationParams(seed=3, max_tokens=70))
+    assert req.finish_reason == "length" and len(req.tokens) == 70
     assert all(slot_allowed(i)[t] for i, t in enumerate(req.tokens))
+    assert len(set(req.tokens)) > 35  # sampled, not one token over and over
     assert req.dropped_frames == 0
     assert audio.size == 10 * 2048  # every frame decoded, first and last included
 
@@ -117,28 +139,23 @@ def test_seeded_sampling_is_reproducible(engine):
     a, audio_a = run(engine, "Same seed.", params)
     b, audio_b = run(engine, "Same seed.", params)
     c, _ = run(engine, "Same seed.", GenerationParams(seed=99, max_tokens=70))
+    unseeded = [run(engine, "Same seed.", GenerationParams(max_tokens=70))[0] for _ in range(2)]
     assert a.tokens == b.tokens
     # Codec windows depend on timing (frames waiting are decoded together): equal to 1e-5.
     np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
     assert c.tokens != a.tokens
+    assert unseeded[0].tokens != unseeded[1].tokens  # no seed: fresh randomness each time
 
 
-def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(full_head_engine, model):
-    engine = full_head_engine
-    calls = {"n": 0}
-
-    def favour_stop(module, inputs, output):
-        calls["n"] += 1
-        if calls["n"] > 15:  # from audio position 15 on, the model "wants" to stop
-            output = output.clone()
-            output[..., o.END_OF_SPEECH] = 1e4
-        return output
-
-    handle = model.lm.lm_head.register_forward_hook(favour_stop)
+def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(steerable, monkeypatch):
+    engine = BatchedEngine(steerable, max_tokens=512)
+    engine.start()
     try:
+        # From audio position 15 on, the model "wants" to stop.
+        steer_stop(monkeypatch, before=-1e3, after=1e3, from_position=15)
         req, audio = run(engine, "Stop me.", GenerationParams(seed=0, max_tokens=700))
     finally:
-        handle.remove()
+        engine.close()
     assert req.finish_reason == "stop"
     # The stop is only allowed at a frame boundary: position 21, after 3 whole frames.
     assert req.tokens[-1] == o.END_OF_SPEECH and len(req.tokens) == 22
@@ -146,50 +163,49 @@ def test_stop_token_ends_the_utterance_and_flushes_the_last_frames(full_head_eng
     assert audio.size == 3 * 2048
 
 
-def test_max_token_guard_ends_a_model_that_never_stops(full_head_engine, model):
-    engine = full_head_engine
-    def never_stop(module, inputs, output):
-        output = output.clone()
-        output[..., o.END_OF_SPEECH] = float("-inf")
-        return output
-
-    handle = model.lm.lm_head.register_forward_hook(never_stop)
+def test_max_token_guard_ends_a_model_that_never_stops(steerable, monkeypatch):
+    engine = BatchedEngine(steerable, max_tokens=512)
+    engine.start()
     try:
+        steer_stop(monkeypatch, before=-1e3, after=-1e3, from_position=0)
         short, audio = run(engine, "Hi.", GenerationParams(seed=0))
         text = "This is a much longer sentence that needs more audio time. " * 2
         longer, _ = run(engine, text, GenerationParams(seed=0))
     finally:
-        handle.remove()
+        engine.close()
     assert short.finish_reason == longer.finish_reason == "length"
-    assert len(short.tokens) == short.max_new_tokens == 24 * 7
+    assert len(short.tokens) == short.max_new_tokens == 24 * 7  # the 2 s floor, whole frames
     assert len(longer.tokens) == longer.max_new_tokens > 2 * len(short.tokens)
+    assert longer.max_new_tokens == 511  # the engine's 512-token room, whole frames
     assert audio.size == 24 * 2048
 
 
 def test_unknown_voice_raises_at_submit(engine):
     with pytest.raises(UnknownVoiceError):
         engine.submit("Hello", "nobody", GREEDY, BlockingSink())
-
-
-def slow_model(model, seconds=0.004):
-    """Make every forward pass take a little longer so cancellation lands mid-generation."""
-
-    def hook(module, inputs, output):
-        time.sleep(seconds)
-
-    return model.lm.model.register_forward_hook(hook)
+    assert engine.idle and engine.waiting == 0  # nothing was queued
 
 
 @pytest.mark.parametrize("cancel_after_pieces", [1, 3])
-def test_cancel_stops_within_one_step_and_engine_takes_the_next_request(engine, model, cancel_after_pieces):
-    handle = slow_model(model)
+def test_cancel_from_another_thread_stops_within_one_step_and_the_next_request_runs(
+    model, monkeypatch, cancel_after_pieces
+):
+    engine = BatchedEngine(model, max_batch=1, max_tokens=512)  # the next request needs the slot
+    engine.start()
+    real = LlamaRunner.decode
+
+    def slow_decode(self, slots, tokens):  # steps a little longer, so the cancel lands mid-step
+        time.sleep(0.004)
+        return real(self, slots, tokens)
+
+    monkeypatch.setattr(LlamaRunner, "decode", slow_decode)
     try:
-        params = GenerationParams(seed=0)
         canceller_done = threading.Event()
         holder: dict[str, Request] = {}
 
         def cancel_from_other_thread(rec: Recorder):
             if len(rec.pieces) == cancel_after_pieces:
+
                 def later():
                     time.sleep(0.003)  # somewhere in the middle of a step
                     holder["req"].cancel()
@@ -198,7 +214,8 @@ def test_cancel_stops_within_one_step_and_engine_takes_the_next_request(engine, 
                 threading.Thread(target=later).start()
 
         rec = Recorder(cancel_from_other_thread)
-        holder["req"] = req = engine.submit("A long sentence to be interrupted. " * 3, "tara", params, rec)
+        text = "A long sentence to be interrupted. " * 3
+        holder["req"] = req = engine.submit(text, "tara", GenerationParams(seed=0), rec)
         assert canceller_done.wait(10)
         nxt = BlockingSink()
         req2 = engine.submit("Next turn.", "tara", GenerationParams(seed=0, max_tokens=70), nxt)
@@ -207,52 +224,43 @@ def test_cancel_stops_within_one_step_and_engine_takes_the_next_request(engine, 
         assert req.finish_reason == "cancelled"
         assert req.steps - req.steps_at_cancel <= 1
         assert len(req.tokens) < req.max_new_tokens
-        # The next request ran normally, after the cancelled one.
+        # The next request ran normally, in the slot the cancelled one left.
         assert req2.finish_reason == "length" and sum(a.size for a in audio2) == 10 * 2048
-        assert req2.t_start >= req.t_lm_done  # the LM was free; its codec work ends on its own thread
+        assert req2.t_admitted >= req.t_lm_done  # its codec work ends on its own thread
         assert engine.idle
     finally:
-        handle.remove()
+        engine.close()
 
 
-def test_request_cancelled_before_it_starts_never_runs(engine):
-    sink = BlockingSink()
-    blocker = engine.submit("Blocking the engine for a while.", "tara", GenerationParams(seed=0), BlockingSink())
-    queued = engine.submit("Never spoken.", "tara", GREEDY, sink)
-    queued.cancel()
-    blocker.cancel()
-    assert list(sink) == []
-    assert queued.finish_reason == "cancelled" and queued.steps == 0
-    assert blocker.wait(5) and blocker.finish_reason == "cancelled"
-
-
-def test_model_failure_becomes_a_request_error_and_the_engine_lives_on(engine, model):
-    def explode(module, inputs, output):
-        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    handle = model.lm.model.register_forward_hook(explode)
-    sink = BlockingSink()
-    req = engine.submit("Boom.", "tara", GREEDY, sink)
-    with pytest.raises(GenerationError, match="out of memory"):
-        list(sink)
-    handle.remove()
-    assert req.finish_reason == "error"
-    ok, audio = run(engine, "Fine again.", GREEDY)
-    assert ok.finish_reason == "length" and audio.size == 6 * 2048
-
-
-def test_close_ends_queued_requests_and_refuses_new_ones(model):
-    eng = TTSEngine(model, max_tokens=512)
+def test_warm_up_runs_before_requests_and_its_failure_is_reported(model, monkeypatch):
+    eng = BatchedEngine(model, max_tokens=512)
     eng.start()
-    first = eng.submit("Keep the engine busy for a while please.", "tara", GenerationParams(seed=0), BlockingSink())
-    sinks = [BlockingSink() for _ in range(3)]
-    queued = [eng.submit("Queued.", "tara", GREEDY, s) for s in sinks]
+    assert eng.steps > 0 and eng.idle  # a short utterance ran through every stage, and ended
     eng.close()
-    assert first.wait(5) and all(q.wait(5) for q in queued)
-    assert all(q.finish_reason == "cancelled" for q in queued)
-    assert not eng.running
-    with pytest.raises(EngineClosedError):
-        eng.submit("Late.", "tara", GREEDY, BlockingSink())
+
+    def explode(self, slots, tokens):
+        raise RuntimeError("bad kernel")
+
+    monkeypatch.setattr(LlamaRunner, "decode", explode)
+    broken = BatchedEngine(model, max_tokens=512)
+    with pytest.raises(GenerationError, match="warm-up failed.*bad kernel"):
+        broken.start()
+    broken.close()
+    assert not broken.running
+
+
+def test_request_timings_are_recorded(engine):
+    req, _ = run(engine, "Timings.", GenerationParams(seed=0, max_tokens=70))
+    assert req.t_submit <= req.t_admitted == req.t_start <= req.t_prefilled
+    assert req.t_prefilled <= req.t_first_window <= req.t_first_audio <= req.t_done
+    assert req.lm_seconds > 0 and req.codec_seconds > 0
+    assert req.t_prefilled <= req.t_lm_done <= req.t_done
+    assert req.lm_seconds <= req.t_lm_done - req.t_prefilled
+    # The codec runs on its own thread, overlapping the LM: each fits in the wall time.
+    assert req.codec_seconds <= req.t_done - req.t_prefilled
+
+
+# ---------------------------------------------------------------------------- parameters
 
 
 def test_repetition_penalty_and_top_p():
@@ -278,99 +286,3 @@ def test_repetition_penalty_and_top_p():
 def test_generation_params_validation(kwargs):
     with pytest.raises(ValueError):
         GenerationParams(**kwargs)
-
-
-def test_restricted_head_samples_exactly_what_the_full_head_would(model, engine, full_head_engine):
-    params = GenerationParams(seed=11, max_tokens=140)
-    a, audio_a = run(engine, "Same tokens either way.", params)
-    b, audio_b = run(full_head_engine, "Same tokens either way.", params)
-    assert a.tokens == b.tokens
-    np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
-
-
-def test_compiled_step_traces_and_gives_the_same_tokens(model, engine):
-    # On a CPU the "eager" backend checks that the step traces (no graph break, static
-    # shapes); on CUDA the same code path runs with CUDA graphs.
-    compiled = TTSEngine(model, max_tokens=512, compile=True, compile_backend="eager")
-    compiled.start()
-    try:
-        assert compiled._lm.compiled
-        params = GenerationParams(seed=5, max_tokens=70)
-        a, audio_a = run(compiled, "Compiled.", params)
-        b, audio_b = run(engine, "Compiled.", params)
-        assert a.tokens == b.tokens
-        np.testing.assert_allclose(audio_a, audio_b, atol=1e-5, rtol=0)
-    finally:
-        compiled.close()
-
-
-def test_a_head_that_is_not_a_plain_projection_falls_back_to_full_logits(model):
-    def scaled(module, inputs, output):
-        return output * 0.5  # e.g. a model with logit scaling
-
-    handle = model.lm.lm_head.register_forward_hook(scaled)
-    eng = TTSEngine(model, max_tokens=512)
-    try:
-        eng.start()
-        assert not eng._lm.head_is_linear
-        params = GenerationParams(temperature=0.0, repetition_penalty=1.0, max_tokens=28)
-        req, _ = run(eng, "Scaled.", params)
-        seq = list(req.prompt_ids)
-        with torch.inference_mode():
-            for position in range(28):
-                logits = model.lm(input_ids=torch.tensor([seq])).logits[0, -1]
-                seq.append(int(logits.masked_fill(~slot_allowed(position), float("-inf")).argmax()))
-        assert req.tokens == seq[len(req.prompt_ids) :]
-    finally:
-        handle.remove()
-        eng.close()
-
-
-def test_warm_up_runs_before_requests_and_its_failure_is_reported(model):
-    eng = TTSEngine(model, max_tokens=512)
-    eng.start()
-    assert len(eng.history) == 0 and eng.idle  # warm-up is not a request
-    eng.close()
-
-    def explode(module, inputs, output):
-        raise RuntimeError("bad kernel")
-
-    handle = model.lm.model.register_forward_hook(explode)
-    try:
-        broken = TTSEngine(model, max_tokens=512)
-        with pytest.raises(GenerationError, match="warm-up failed.*bad kernel"):
-            broken.start()
-        broken.close()
-    finally:
-        handle.remove()
-
-
-def test_request_timings_are_recorded(engine):
-    req, _ = run(engine, "Timings.", GenerationParams(seed=0, max_tokens=70))
-    assert req.t_submit <= req.t_start <= req.t_prefilled <= req.t_first_window <= req.t_first_audio <= req.t_done
-    assert req.lm_seconds > 0 and req.codec_seconds > 0
-    assert req.t_prefilled <= req.t_lm_done <= req.t_done
-    assert req.lm_seconds <= req.t_lm_done - req.t_prefilled
-    # The codec runs on its own thread, overlapping the LM: each fits in the wall time.
-    assert req.codec_seconds <= req.t_done - req.t_prefilled
-
-
-def test_kv_cache_is_allocated_once_and_reused_across_utterances(engine):
-    run(engine, "First.", GenerationParams(seed=0, max_tokens=28))
-    layer = engine._lm.cache.layers[0]
-    pointers = (layer.keys.data_ptr(), layer.values.data_ptr())
-    for text in ("Second one.", "A third, somewhat longer utterance."):
-        run(engine, text, GenerationParams(seed=0, max_tokens=28))
-        assert (layer.keys.data_ptr(), layer.values.data_ptr()) == pointers
-    assert layer.keys.shape[-2] == engine._lm.max_len  # static shape: the full length
-    assert engine._lm.pos == 0 and not layer.keys.any()  # reset between utterances
-
-
-def test_decoding_calls_the_model_without_deprecated_arguments(model):
-    lm = CausalLM(model.lm, max_len=64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a FutureWarning/DeprecationWarning from our calls fails
-        lm.prefill(model.build_prompt("Hello there.", "tara"))
-        lm.step(o.AUDIO_TOKEN_BASE)
-        lm.reset()
-    assert lm.pos == 0

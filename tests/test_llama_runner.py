@@ -250,3 +250,76 @@ def test_bf16_runner_stays_close_to_the_transformers_bf16_forward():
     assert runner.cache.k.dtype == torch.bfloat16
     ours, ref = run_alone(runner, 1, ids, 8).float(), reference_logits(model, ids)[7:].float()
     torch.testing.assert_close(ours, ref, atol=5e-2, rtol=5e-2)
+
+
+# ---------------------------------------------------------------------------- the output layer
+
+
+class ScaledHead(torch.nn.Linear):
+    """An output layer that is a Linear by ``isinstance`` but scales its logits."""
+
+    def forward(self, x):
+        return super().forward(x) * 0.5
+
+
+def test_an_output_layer_that_is_a_linear_subclass_is_refused_by_name():
+    model = small_llama(5, tie_word_embeddings=False)
+    head = ScaledHead(SMALL["hidden_size"], SMALL["vocab_size"], bias=False)
+    head.weight = model.lm_head.weight
+    model.lm_head = head
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear)
+    with pytest.raises(ValueError, match="exactly torch.nn.Linear, not .*ScaledHead"):
+        LlamaRunner(model, n_slots=1, max_len=MAX_LEN)
+    with pytest.raises(ValueError, match="ScaledHead"):
+        llama.check_head(model)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625), ("logits_scaling", 8.0),
+     ("output_multiplier_scale", 0.5)],
+)
+def test_logit_softcapping_or_scaling_in_the_config_is_refused_by_name(name, value):
+    model = small_llama(6, **{name: value})
+    assert getattr(model.config, name) == value
+    with pytest.raises(ValueError, match=f"logit scaling or softcapping.*{name}={value}"):
+        LlamaRunner(model, n_slots=1, max_len=MAX_LEN)
+
+
+def test_neutral_logit_settings_and_the_tiny_orpheus_model_pass_both_checks():
+    from pipecat_localtts.testing import tiny_orpheus
+
+    model = small_llama(7, final_logit_softcapping=None, logit_scale=1.0, logits_scaling=1)
+    assert llama.check_head(model) is model.lm_head
+    runner = LlamaRunner(model, n_slots=2, max_len=MAX_LEN)
+    assert runner.check_logits(model, sequence(7, 10), slot=1) < 1e-4
+    assert runner.length(0) == runner.length(1) == 0  # the checks leave every slot empty
+    lm = tiny_orpheus(seed=0).lm
+    assert LlamaRunner(lm, n_slots=1, max_len=64).check_logits(lm, [128259, 65, 128257]) < 1e-4
+
+
+def test_logits_the_model_computes_otherwise_fail_the_numeric_check_loudly(model):
+    # A plain nn.Linear (the structural check passes) whose output a hook changes, as a
+    # model with extra logit processing would: the runner must refuse, not fall back.
+    runner = LlamaRunner(model, n_slots=2, max_len=MAX_LEN)
+    handle = model.lm_head.register_forward_hook(lambda module, inputs, output: output * 2.0 + 0.5)
+    try:
+        with pytest.raises(ValueError, match="differ from the model's own forward"):
+            runner.check_logits(model, sequence(8, 6))
+        with pytest.raises(ValueError, match="differ from the model's own forward"):
+            LlamaRunner(model, n_slots=1, max_len=MAX_LEN)
+    finally:
+        handle.remove()
+    assert runner.length(0) == 0
+    runner.prefill(0, sequence(9, 3))
+    with pytest.raises(ValueError, match="empty slot"):
+        runner.check_logits(model, sequence(8, 6), slot=0)
+
+
+def test_the_numeric_check_is_loose_enough_for_bf16():
+    model = small_llama(4).to(torch.bfloat16)
+    ids = sequence(10, 12)
+    runner = LlamaRunner(model, n_slots=1, max_len=MAX_LEN)  # checked at construction
+    diff = runner.check_logits(model, ids)
+    reference = reference_logits(model, ids)[-1].float()
+    assert 0 < diff <= llama.logits_tolerance(reference) / 4  # bf16 rounding, far inside

@@ -27,7 +27,7 @@ from pipecat.frames.frames import (
 
 from pipecat_localtts import LocalTTSService
 from pipecat_localtts.chunking import ChunkerConfig, text_width
-from pipecat_localtts.engine.engine import PROMPT_BUDGET
+from pipecat_localtts.engine.batched import PROMPT_BUDGET
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.testing import tiny_orpheus
 

@@ -15,11 +15,10 @@ from pipecat_localtts.codecs.base import CodecStream, CodecWindow, StreamingCode
 from pipecat_localtts.codecs.snac import (
     NOISE_BLOCK_SIZE,
     NOISE_CACHE_BLOCKS,
-    TINY_SNAC_CONFIG,
     PositionalNoiseBlock,
     SNACCodec,
-    build_random_snac,
 )
+from pipecat_localtts.testing import TINY_SNAC_CONFIG, build_random_snac
 
 ATOL = 1e-4
 

@@ -16,13 +16,12 @@ import torch
 from pipecat_localtts.codecs.snac import (
     SNAC_24KHZ_CONFIG,
     SNAC_24KHZ_HUB_ID,
-    TINY_SNAC_CONFIG,
     PositionalNoiseBlock,
     SNACCodec,
-    build_random_snac,
     load_snac,
 )
 from pipecat_localtts.errors import ModelLoadError
+from pipecat_localtts.testing import TINY_SNAC_CONFIG, build_random_snac
 
 ATOL = 1e-4
 LENGTHS = [1, 2, 3, 4, 5, 7, 20]
@@ -100,16 +99,35 @@ def test_real_size_config_layout_and_streaming() -> None:
     np.testing.assert_allclose(streamed, reference, rtol=0, atol=ATOL)
 
 
-def test_state_dict_keys_unchanged_by_positional_noise() -> None:
-    model = build_random_snac(TINY_SNAC_CONFIG, seed=0)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    codec = SNACCodec(model)
-    after = codec.model.state_dict()
-    assert before.keys() == after.keys()
-    for key, value in before.items():
-        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
-    blocks = [m for m in codec.model.modules() if isinstance(m, PositionalNoiseBlock)]
-    assert [b.upsample for b in blocks] == [8, 64, 256, 512]
+def test_positional_noise_and_speed_ups_change_no_weight_and_no_output_value() -> None:
+    """The codec's model decodes bitwise like SNAC itself with only the noise made positional."""
+    from snac.layers import ResidualUnit, Snake1d
+    from torch.nn.utils import parametrize
+
+    from pipecat_localtts.codecs.snac import _install_positional_noise
+
+    for config in (TINY_SNAC_CONFIG, SNAC_24KHZ_CONFIG):
+        reference = build_random_snac(config, seed=0).eval()
+        _install_positional_noise(reference.decoder, seed=0)
+        codec = SNACCodec(build_random_snac(config, seed=0))
+        modules = list(codec.model.decoder.modules())
+        # The speed-ups are in place: weight norm folded, in-place snake and residuals.
+        assert not any(parametrize.is_parametrized(m) for m in codec.model.modules())
+        assert not any(isinstance(m, (Snake1d, ResidualUnit)) for m in modules)
+        assert any(type(m).__name__ == "_DilatedDepthwiseConv1d" for m in modules)
+        # Weights: the folded weight equals weight norm's g * v / |v| of the original.
+        for name, module in reference.named_modules():
+            if parametrize.is_parametrized(module, "weight"):
+                folded = codec.model.get_submodule(name).weight
+                torch.testing.assert_close(folded, module.weight, rtol=0, atol=0)
+        blocks = [m for m in codec.model.modules() if isinstance(m, PositionalNoiseBlock)]
+        assert [b.upsample for b in blocks] == [8, 64, 256, 512]
+        frames = random_frames(codec, 9, seed=1)
+        codes = torch.as_tensor(frames)
+        per_codebook = [codes[:, sl].reshape(1, -1) for sl in codec._code_slices]
+        with torch.inference_mode():
+            expected = reference.decode(per_codebook).reshape(-1).numpy()
+        np.testing.assert_array_equal(codec.decode(frames), expected)
 
 
 # --------------------------------------------------------------------------- streaming == offline

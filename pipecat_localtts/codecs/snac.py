@@ -15,7 +15,7 @@ sequence would produce. Two things make that possible:
   each side and compute that number from the network itself.
 * SNAC's ``NoiseBlock`` draws fresh ``torch.randn`` noise on every call, so two decodes of
   the same codes differ. :class:`PositionalNoiseBlock` replaces it (in our model instance
-  only, keeping the same ``linear`` weights and ``state_dict`` keys) with noise taken from
+  only, keeping the same ``linear`` weights) with noise taken from
   a fixed pseudo-random sequence indexed by absolute position, so every window sees the
   same noise an offline decode would.
 
@@ -55,11 +55,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SNAC_24KHZ_HUB_ID",
     "SNAC_24KHZ_CONFIG",
-    "TINY_SNAC_CONFIG",
     "PositionalNoiseBlock",
     "SNACCodec",
     "SNACStream",
-    "build_random_snac",
     "load_snac",
     "frame_layout",
 ]
@@ -80,10 +78,6 @@ SNAC_24KHZ_CONFIG: dict[str, Any] = {
     "noise": True,
     "depthwise": True,
 }
-
-#: Same hop, strides, codebooks and receptive field as the real model, far fewer channels.
-#: Meant for tests (a few ms per streaming window on a CPU).
-TINY_SNAC_CONFIG: dict[str, Any] = {**SNAC_24KHZ_CONFIG, "encoder_dim": 8, "decoder_dim": 64}
 
 #: Length (in positions at a layer's own time resolution) of one lazily generated block
 #: of positional noise.
@@ -256,7 +250,7 @@ class PositionalNoiseBlock(nn.Module):
                 raise ValueError(f"{len(starts)} noise offsets for a batch of {x.shape[0]} rows")
             noise = self.noise_rows(starts, x.shape[-1], x.device, x.dtype).unsqueeze(1)  # [B, 1, T]
         h = self.linear(x)  # [B, C, T]
-        return x + noise * h
+        return h.mul_(noise).add_(x)  # x + noise * h, in place (the same arithmetic)
 
 
 def _is_snac_noise_block(module: nn.Module) -> bool:
@@ -291,6 +285,112 @@ def _install_positional_noise(decoder: nn.Module, seed: int) -> list[PositionalN
 
     visit(decoder)
     return installed
+
+
+class _Snake(nn.Module):
+    """SNAC's snake activation ``x + sin(alpha x)^2 / (alpha + 1e-9)`` with one allocation.
+
+    SNAC's version allocates four full-size temporaries; at the decoder's last stages
+    (64 channels x 2048 samples per frame) those passes are half the decode time. This one
+    does the same operations in the same order in one buffer, so its output is bitwise
+    the same. It keeps the parameter ``alpha`` (same name, same tensor).
+    """
+
+    def __init__(self, alpha: nn.Parameter) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.mul(x, self.alpha)
+        t.sin_()
+        t.mul_(t)
+        t.mul_((self.alpha + 1e-9).reciprocal())
+        return t.add_(x)
+
+
+class _Residual(nn.Module):
+    """SNAC's ``ResidualUnit`` (``x + block(x)``, lengths equal) adding in place."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        if y.shape != x.shape:  # SNAC crops x when the block shortens it; ours never does
+            pad = (x.shape[-1] - y.shape[-1]) // 2
+            return x[..., pad:-pad] + y
+        return y.add_(x)
+
+
+class _DilatedDepthwiseConv1d(nn.Conv1d):
+    """A dilated depthwise ``Conv1d`` computed as K shifted multiply-adds.
+
+    PyTorch's CPU kernel for dilated depthwise convolutions is several times slower than
+    K passes of ``addcmul`` over the padded input; the sums run in the same order (tap by
+    tap), and the result agrees with ``F.conv1d`` bitwise in our tests. Installed by
+    changing the class of an existing module, so its parameters stay as they are.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T]
+        (k,), (d,), (pad,) = self.kernel_size, self.dilation, self.padding
+        length = x.shape[-1]
+        xp = torch.nn.functional.pad(x, (pad, pad))  # [B, C, T + 2 pad]
+        w = self.weight[:, 0, :]  # [C, K]
+        y = torch.mul(xp[..., :length], w[:, 0:1])
+        for t in range(1, k):
+            y.addcmul_(xp[..., t * d : t * d + length], w[:, t : t + 1])
+        if self.bias is not None:
+            y.add_(self.bias[:, None])
+        return y
+
+
+def _is_dilated_depthwise(conv: nn.Module) -> bool:
+    if type(conv) is not nn.Conv1d:
+        return False
+    (k,), (s,), (d,) = conv.kernel_size, conv.stride, conv.dilation
+    channels = conv.in_channels
+    return (
+        d > 1
+        and s == 1
+        and conv.groups == channels == conv.out_channels
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and 2 * conv.padding[0] == d * (k - 1)
+    )
+
+
+def _speed_up_decoder(model: nn.Module) -> None:
+    """Make decoding cheaper without changing a single output value.
+
+    * Weight norm is folded into plain weights once (SNAC recomputes ``g * v / |v|`` of
+      every convolution on every call: for the first transposed conv alone 8M weights).
+    * Snake activations and residual adds work in place (:class:`_Snake`, :class:`_Residual`).
+    * Dilated depthwise convolutions run as shifted multiply-adds
+      (:class:`_DilatedDepthwiseConv1d`).
+
+    Parameter names change only where weight norm is folded (``weight`` instead of its
+    ``parametrizations``); the codec is inference-only.
+    """
+    from snac.layers import ResidualUnit, Snake1d
+
+    _fold_weight_norm(model)
+
+    for module in model.decoder.modules():
+        if _is_dilated_depthwise(module):
+            module.__class__ = _DilatedDepthwiseConv1d
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if isinstance(child, Snake1d):
+                setattr(parent, name, _Snake(child.alpha))
+            elif isinstance(child, ResidualUnit):
+                visit(child)
+                setattr(parent, name, _Residual(child.block))
+            else:
+                visit(child)
+
+    visit(model.decoder)
 
 
 def _decoder_reach_latents(decoder: nn.Module) -> float:
@@ -334,26 +434,6 @@ def _decoder_reach_latents(decoder: nn.Module) -> float:
                 raise ValueError(f"unexpected strided/unpadded conv in the decoder: {module}")
             reach += max(d * (k - 1) - p, p) / upsample
     return reach
-
-
-def build_random_snac(config: dict[str, Any], seed: int = 0) -> SNAC:
-    """Builds a randomly initialised SNAC model (no weights needed), in eval mode.
-
-    Args:
-        config: SNAC constructor arguments, e.g. :data:`TINY_SNAC_CONFIG`.
-        seed: Seed of the initialisation; the same seed gives the same weights. The global
-            torch RNG state is left untouched.
-
-    Returns:
-        A ``snac.SNAC`` on the CPU.
-    """
-    from snac import SNAC
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SNAC(**config)
-    model.snac_config = dict(config)  # kept so the model can be saved as a checkpoint again
-    return model.eval()
 
 
 def hub_offline() -> bool:
@@ -401,7 +481,7 @@ def load_snac(
             missing = [f for f in ("config.json", "pytorch_model.bin") if not os.path.isfile(os.path.join(name_or_dir, f))]
             if missing:
                 raise FileNotFoundError(f"missing {', '.join(missing)} in {name_or_dir}")
-            model = SNAC.from_pretrained(name_or_dir)
+            model = _load_snac_directory(SNAC, name_or_dir)
         else:
             kwargs = {"local_files_only": True} if local_files_only else {}
             model = SNAC.from_pretrained(name_or_dir, **kwargs)
@@ -419,6 +499,30 @@ def load_snac(
             f"To use weights already on disk, {hint}."
         ) from e
     return model
+
+
+def _fold_weight_norm(model: nn.Module) -> None:
+    """Replace every weight-norm parametrization by the plain weight it computes."""
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for module in list(model.modules()):
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def _load_snac_directory(snac_cls: type, directory: str) -> SNAC:
+    """``SNAC.from_pretrained`` for a directory, which also reads weights saved with weight
+    norm folded (``SNACCodec.model.state_dict()``) as well as the hub's layout."""
+    import json
+
+    with open(os.path.join(directory, "config.json")) as f:
+        model = snac_cls(**json.load(f))
+    state = torch.load(os.path.join(directory, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    if not any(".parametrizations." in key for key in state):
+        _fold_weight_norm(model)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 class SNACCodec:
@@ -481,6 +585,8 @@ class SNACCodec:
         self.context_frames = int(context_frames)
 
         self._noise = _install_positional_noise(model.decoder, self.noise_seed)
+        with torch.no_grad():
+            _speed_up_decoder(model)
         self.model = model.to(self.device).eval()
         self.config: dict[str, Any] | None = getattr(model, "snac_config", None)
         # Offsets of each codebook's codes inside a canonical frame.

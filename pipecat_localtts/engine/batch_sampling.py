@@ -7,21 +7,21 @@ generator for the whole batch and cannot do that). Rows are sampled at once with
 :func:`sample_rows` is exactly row-independent; the head matmul is not bit-for-bit (BLAS
 blocks a batch of 1 and of 8 differently, ~1e-6 apart), so only a near-tie can flip a token.
 
-Candidate layout (``[B, NUM_CANDIDATES]``): column ``c < CODEBOOK_SIZE`` is code ``c`` of the
-row's frame slot (token ``AUDIO_TOKEN_BASE + CODEBOOK_SIZE * slot + c``); column
-``STOP_COLUMN`` is the stop token, ``-inf`` on rows not at slot 0 (the stop token closes a
-frame). This is today's slot-0 layout of :meth:`TTSEngine._sample`, so indices agree.
+What may be sampled comes from the model's :class:`~pipecat_localtts.models.base.TokenLayout`
+(no model family is imported here). Candidate layout (``[B, n_candidates]``): column
+``c < width`` is the ``c``-th valid token of the row's frame slot; the last columns are the
+stop tokens, ``-inf`` on rows not at slot 0 (a stop closes a frame).
+:meth:`CandidateHead.to_token` maps a column back to its token id.
 
-The logits come from one matmul over the union of the seven slot ranges and the stop token,
-a contiguous block of the head (a view, no copy); each row then gathers its window. That
-reads ``UNION_SIZE`` head rows once per step whatever B is, and keeps every shape fixed (one
-CUDA graph per batch size). Gathering per-row heads (``[B, 4097, H]`` + bmm) copies
-``B * 4097`` rows and reads them twice more: cheaper at B = 1 (1.1 vs 3.9 ms on this CPU,
-H = 512), 7x dearer at B = 8 (55 vs 7.5 ms). A lone request keeps the engine's slot heads.
+The logits come from the head rows of the slots the rows are at: one matmul per distinct
+slot (a view of the head, no copy), plus the stop rows for rows at slot 0. The engine keeps
+its rows at the same slot (it admits new requests at a frame boundary), so a step reads
+one slot's ``width`` head rows whatever B is, a seventh of the union of all slots (for
+Orpheus at H = 512: 8 MB instead of 58 MB a step on a CPU that reads ~10 GB/s).
 
-The repetition penalty's ``seen`` mask is per request, in the union layout (``[B, UNION_SIZE]``
-bool, 28 KB a row instead of 157 KB for the full vocabulary): the same column index gathers
-logits and ``seen``, and tokens outside the union can never be candidates anyway.
+The repetition penalty's ``seen`` mask is per request, in the union layout (``[B, union]``
+bool, 28 KB a row for Orpheus instead of 157 KB for the full vocabulary): the same column
+index gathers logits and ``seen``, and tokens outside the union can never be candidates.
 """
 
 from __future__ import annotations
@@ -34,19 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from pipecat_localtts.engine.sampling import GenerationParams
-from pipecat_localtts.models.orpheus import (
-    AUDIO_TOKEN_BASE,
-    CODEBOOK_SIZE,
-    END_OF_SPEECH,
-    TOKENS_PER_FRAME,
-)
-
-AUDIO_TOKEN_END = AUDIO_TOKEN_BASE + TOKENS_PER_FRAME * CODEBOOK_SIZE  # end of the 7 slot ranges
-UNION_LO = min(END_OF_SPEECH, AUDIO_TOKEN_BASE)  # first head row of the union block
-UNION_HI = max(END_OF_SPEECH + 1, AUDIO_TOKEN_END)
-UNION_SIZE = UNION_HI - UNION_LO  # 28,680: 7 slot ranges, the stop token, the 7 ids between
-NUM_CANDIDATES = CODEBOOK_SIZE + 1  # a row's codes + the stop column
-STOP_COLUMN = CODEBOOK_SIZE
+from pipecat_localtts.models.base import TokenLayout
 
 # ------------------------------------------------------------------ counter-based noise
 
@@ -150,80 +138,92 @@ class RowParams:
 # ------------------------------------------------------------------ candidates
 
 
-def candidate_columns(slot: torch.Tensor) -> torch.Tensor:
-    """Union column of each row's candidates: slot [B] -> [B, NUM_CANDIDATES] long."""
-    codes = torch.arange(CODEBOOK_SIZE, device=slot.device)  # [4096]
-    code_cols = (AUDIO_TOKEN_BASE - UNION_LO) + CODEBOOK_SIZE * slot[:, None] + codes  # [B, 4096]
-    stop_cols = torch.full_like(slot[:, None], END_OF_SPEECH - UNION_LO)  # [B, 1]
-    return torch.cat((code_cols, stop_cols), dim=1)
-
-
-def candidate_logits(
-    hidden: torch.Tensor,
-    head_weight: torch.Tensor,
-    head_bias: torch.Tensor | None,
-    slot: torch.Tensor,
-) -> torch.Tensor:
-    """Each row's candidate logits (layout in the module docstring), stop masked off slot 0.
+class CandidateHead:
+    """The output-layer rows a constrained sampler reads, per frame slot, for one layout.
 
     Args:
-        hidden: [B, H] last hidden states.
-        head_weight: [V, H] the output projection (only the union block is read).
+        layout: What may be sampled at each slot.
+        head_weight: [V, H] the LM's output projection (slot rows are views of it).
         head_bias: [V] or None.
-        slot: [B] long, each row's frame slot in [0, TOKENS_PER_FRAME).
-
-    Returns:
-        [B, NUM_CANDIDATES] in the head's dtype.
     """
-    if hidden.shape[0] == 1:
-        return _one_row_logits(hidden, head_weight, head_bias, int(slot[0]))
-    bias = None if head_bias is None else head_bias[UNION_LO:UNION_HI]
-    union = F.linear(hidden, head_weight[UNION_LO:UNION_HI], bias)  # [B, UNION_SIZE]
-    logits = union.gather(1, candidate_columns(slot))  # [B, 4097]
-    is_stop = torch.arange(NUM_CANDIDATES, device=slot.device) == STOP_COLUMN  # [4097]
-    return logits.masked_fill((slot != 0)[:, None] & is_stop, float("-inf"))
 
+    def __init__(self, layout: TokenLayout, head_weight: torch.Tensor, head_bias: torch.Tensor | None) -> None:
+        if layout.union_hi > head_weight.shape[0]:
+            raise ValueError(f"the token layout reaches id {layout.union_hi - 1}, the head has {head_weight.shape[0]} rows")
+        self.layout = layout
+        self.width = layout.width
+        self.n_candidates = layout.width + len(layout.stop_tokens)
+        self.union_lo, self.union_size = layout.union_lo, layout.union_hi - layout.union_lo
+        device = head_weight.device
+        self.device = device
 
-def _one_row_logits(
-    hidden: torch.Tensor, head_weight: torch.Tensor, head_bias: torch.Tensor | None, slot: int
-) -> torch.Tensor:
-    """:func:`candidate_logits` of a single row: only its slot's rows of the head are read
-    (a quarter of the union's work), with the stop row at slot 0. hidden [1, H] -> [1, 4097]."""
-    lo = AUDIO_TOKEN_BASE + CODEBOOK_SIZE * slot
-    rows = slice(lo, lo + CODEBOOK_SIZE)
-    codes = F.linear(hidden, head_weight[rows], None if head_bias is None else head_bias[rows])  # [1, 4096]
-    if slot != 0:
-        stop = torch.full_like(codes[:, :1], float("-inf"))
-    else:
-        stop_rows = slice(END_OF_SPEECH, END_OF_SPEECH + 1)
-        stop = F.linear(hidden, head_weight[stop_rows], None if head_bias is None else head_bias[stop_rows])
-    return torch.cat((codes, stop), dim=1)
+        def rows(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return head_weight[lo:hi], None if head_bias is None else head_bias[lo:hi]
 
+        self._slots = [rows(*layout.slot_range(s)) for s in range(layout.tokens_per_frame)]
+        stops = torch.tensor(layout.stop_tokens, device=device)
+        self._stop = head_weight[stops], None if head_bias is None else head_bias[stops]  # small copies
+        starts = torch.tensor(layout.slot_starts, device=device)  # [S]
+        self._starts = starts
+        self._stop_ids = stops
+        codes = torch.arange(self.width, device=device)
+        # Union column of every candidate at every slot: [S, n_candidates].
+        stop_cols = (stops - self.union_lo)[None].expand(len(layout.slot_starts), -1)
+        self._columns = torch.cat(((starts - self.union_lo)[:, None] + codes, stop_cols), dim=1)
+        self._is_stop = torch.arange(self.n_candidates, device=device) >= self.width  # [n]
 
-def candidate_to_token(index: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """Token ids of sampled candidates: index [B], slot [B] -> [B] long."""
-    audio = AUDIO_TOKEN_BASE + CODEBOOK_SIZE * slot + index
-    return torch.where(index == STOP_COLUMN, torch.full_like(audio, END_OF_SPEECH), audio)
+    def logits(self, hidden: torch.Tensor, slots: Sequence[int]) -> torch.Tensor:
+        """Each row's candidate logits: hidden [B, H], slots (host ints, [B]) -> [B, n_candidates].
 
+        One matmul per distinct slot; stop columns are computed for rows at slot 0 and
+        ``-inf`` elsewhere.
+        """
+        b = hidden.shape[0]
+        distinct = sorted(set(slots))
+        if len(distinct) == 1:  # the usual case: every row at the same slot, no gathers
+            slot = distinct[0]
+            codes = F.linear(hidden, *self._slots[slot])  # [B, width]
+            if slot == 0:
+                stop = F.linear(hidden, *self._stop)  # [B, n_stop]
+            else:
+                stop = codes.new_full((b, self.n_candidates - self.width), float("-inf"))
+            return torch.cat((codes, stop), dim=1)
+        out = hidden.new_full((b, self.n_candidates), float("-inf"))
+        for slot in distinct:
+            idx = torch.tensor([i for i, s in enumerate(slots) if s == slot], device=hidden.device)
+            h = hidden.index_select(0, idx)
+            out[idx, : self.width] = F.linear(h, *self._slots[slot]).to(out.dtype)
+            if slot == 0:
+                out[idx, self.width :] = F.linear(h, *self._stop).to(out.dtype)
+        return out
 
-def new_seen(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """An empty per-row ``seen`` mask: [B, UNION_SIZE] bool."""
-    return torch.zeros((batch, UNION_SIZE), dtype=torch.bool, device=device)
+    def columns(self, slot: torch.Tensor) -> torch.Tensor:
+        """Union column of each row's candidates: slot [B] long -> [B, n_candidates] long."""
+        return self._columns[slot]
 
+    def to_token(self, index: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Token ids of sampled candidates: index [B], slot [B] -> [B] long."""
+        audio = self._starts[slot] + index
+        stop = self._stop_ids[(index - self.width).clamp(0, self._stop_ids.numel() - 1)]
+        return torch.where(index >= self.width, stop, audio)
 
-def mark_seen(seen: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-    """Mark ``tokens`` [K] as seen by ``rows`` [K] (tokens outside the union are ignored).
+    def new_seen(self, batch: int) -> torch.Tensor:
+        """An empty per-row ``seen`` mask: [B, union] bool."""
+        return torch.zeros((batch, self.union_size), dtype=torch.bool, device=self.device)
 
-    No host sync: an outside token rewrites a clamped cell with its own value.
-    """
-    inside = (tokens >= UNION_LO) & (tokens < UNION_HI)  # [K]
-    cols = (tokens - UNION_LO).clamp(0, UNION_SIZE - 1)  # [K]
-    seen.index_put_((rows, cols), seen[rows, cols] | inside)
+    def mark_seen(self, seen: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Mark ``tokens`` [K] as seen by ``rows`` [K] (tokens outside the union are ignored).
 
+        No host sync: an outside token rewrites a clamped cell with its own value.
+        """
+        local = tokens - self.union_lo
+        inside = (local >= 0) & (local < self.union_size)  # [K]
+        cols = local.clamp(0, self.union_size - 1)  # [K]
+        seen.index_put_((rows, cols), seen[rows, cols] | inside)
 
-def candidate_seen(seen: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """Each row's ``seen`` in the candidate layout: [B, UNION_SIZE] -> [B, NUM_CANDIDATES]."""
-    return seen.gather(1, candidate_columns(slot))
+    def candidate_seen(self, seen: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Each row's ``seen`` in the candidate layout: [B, union] -> [B, n_candidates]."""
+        return seen.gather(1, self.columns(slot))
 
 
 # ------------------------------------------------------------------ sampling
@@ -283,15 +283,18 @@ def sample_rows(
 
 def sample_step(
     hidden: torch.Tensor,
-    head_weight: torch.Tensor,
-    head_bias: torch.Tensor | None,
-    slot: torch.Tensor,
+    head: CandidateHead,
+    slots: Sequence[int],
     seen: torch.Tensor,
     rows: RowParams,
 ) -> torch.Tensor:
-    """One batched sampling step: hidden [B, H] -> token ids [B] (``seen`` is not updated)."""
-    logits = candidate_logits(hidden, head_weight, head_bias, slot)  # [B, 4097]
-    seen_rows = candidate_seen(seen, slot)  # [B, 4097]
+    """One batched sampling step: hidden [B, H] -> token ids [B] (``seen`` is not updated).
+
+    ``slots`` are the rows' frame slots as host ints; ``seen`` is [B, union] (the rows' masks).
+    """
+    slot = torch.tensor(list(slots), device=hidden.device)  # [B]
+    logits = head.logits(hidden, slots)  # [B, n_candidates]
+    seen_rows = head.candidate_seen(seen, slot)  # [B, n_candidates]
     logits = apply_repetition_penalty_rows(logits, seen_rows, rows.repetition_penalty)
     index = sample_rows(logits, rows.temperature, rows.top_p, rows.seed, rows.step)  # [B]
-    return candidate_to_token(index, slot)
+    return head.to_token(index, slot)

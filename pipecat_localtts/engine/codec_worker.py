@@ -1,13 +1,26 @@
-"""The codec worker: turns frames into PCM on a thread of its own.
+"""The codec worker: turns the frames of many requests into PCM on a thread of its own.
 
 The language model thread hands each complete frame to the worker and goes straight on to
-its next decode step, so codec work overlaps LM work instead of adding to it. When the LM is
-ahead, several frames of a request are waiting by the time the worker gets to them; they are
-decoded in one window, which amortises the window's context frames (adaptive batching).
+its next decode step, so codec work overlaps LM work instead of adding to it.
+
+Each turn of the worker takes EVERYTHING that is waiting (frames and ends of any number of
+requests) into the requests' streams, then decodes due windows. While the worker is busy,
+the frames of every request pile up in its stream, so the next window of that request holds
+all of them: a window's context frames (three on each side for SNAC) are paid once per
+window, not once per frame, and the worse the load, the bigger the windows (adaptive
+amortisation). Which windows go first:
+
+* a request's FIRST window before any other (its time to first audio);
+* then, on a GPU, all due windows in one batched call (``SNACCodec.decode_windows``: one
+  forward pass per window length, each row with its own noise positions); on a CPU, where a
+  batched convolution costs the sum of its rows, one window at a time, the stream with the
+  least audio ahead of real time first, so a newly due first window never waits behind a
+  whole round.
 
 A request ends on the worker, after its last audio (``end``): that keeps "audio, then done"
 ordered for the sink. A cancelled request's waiting frames are dropped; a decode already
-running finishes first (it cannot be interrupted), but the LM thread is free at once.
+running finishes first (it cannot be interrupted), but the LM thread is free at once. A
+failing window fails its own request only.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,11 +39,32 @@ from loguru import logger
 from pipecat_localtts.errors import GenerationError
 
 if TYPE_CHECKING:
-    from pipecat_localtts.codecs.snac import SNACCodec, SNACStream
+    from pipecat_localtts.codecs.base import CodecStream, CodecWindow, StreamingCodec
     from pipecat_localtts.engine.request import Request
 
 _FRAME, _END = "frame", "end"
 _STOP = object()
+
+
+@dataclass(eq=False)
+class _Job:
+    """A request the worker has frames of."""
+
+    req: Request
+    stream: CodecStream
+    end_reason: str | None = None  # set when the LM is done with it
+    flushing: bool = False  # its stream was ended: the last windows are due
+
+    def dropped(self) -> bool:
+        """Nothing more of it will be decoded (cancelled or failed)."""
+        return self.req.cancelled or self.req.error is not None
+
+    def ahead(self, now: float, sample_rate: int) -> float:
+        """Seconds of audio emitted beyond the wall time since its first audio."""
+        first = self.req.t_first_audio
+        if first is None:
+            return 0.0
+        return self.stream.samples_emitted / sample_rate - (now - first)
 
 
 class CodecWorker:
@@ -41,26 +76,31 @@ class CodecWorker:
         emit: Called on the worker thread with each piece of audio of a request.
         finish: Called on the worker thread when a request has ended, with its reason.
         threads: CPU threads for codec work on this thread (``None``: PyTorch's default).
+        batch_windows: Decode all due windows of all requests in one batched call (``None``:
+            on a GPU only; see the module docstring).
     """
 
     def __init__(
         self,
-        codec: SNACCodec,
+        codec: StreamingCodec,
         *,
         frames_per_decode: int,
         emit: Callable[[Request, np.ndarray], None],
         finish: Callable[[Request, str], None],
         threads: int | None = None,
         name: str = "localtts-codec",
+        batch_windows: bool | None = None,
     ) -> None:
         self.codec = codec
         self.frames_per_decode = frames_per_decode
+        self.batch_windows = codec.device.type == "cuda" if batch_windows is None else bool(batch_windows)
         self._emit = emit
         self._finish = finish
         self._threads = threads
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._streams: dict[int, SNACStream] = {}
-        self._busy = False
+        self._jobs: dict[int, _Job] = {}  # by request id, in arrival order
+        self.windows = 0  # windows decoded
+        self.decode_calls = 0  # batched codec calls made
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -76,8 +116,8 @@ class CodecWorker:
 
     @property
     def idle(self) -> bool:
-        """Nothing waiting and nothing being decoded."""
-        return not self._busy and self._queue.empty()
+        """Nothing waiting, nothing being decoded and no request unfinished."""
+        return self._queue.unfinished_tasks == 0 and not self._jobs
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what is queued (cancelled requests are only ended), then stop."""
@@ -92,78 +132,121 @@ class CodecWorker:
         cuda_stream = None
         if self.codec.device.type == "cuda":
             cuda_stream = torch.cuda.Stream(self.codec.device)  # overlaps the LM's stream
-        carry: Any = None
+        stopping = False
         while True:
-            item = carry if carry is not None else self._queue.get()
-            carry = None
-            if item is _STOP:
+            due = self._due()
+            # Wait for input only when there is nothing to decode.
+            if not due and not stopping:
+                stopping |= self._take(self._queue.get())
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping |= self._take(item)
+            self._finish_ended()
+            due = self._due()
+            if due:
+                self._decode(self._choose(due), cuda_stream)
+                self._finish_ended()
+            elif stopping:
+                for job in list(self._jobs.values()):  # never ended by the LM: end them now
+                    self._jobs.pop(job.req.id, None)
+                    self._finish(job.req, "error" if job.req.error is not None else "cancelled")
                 return
-            self._busy = True
-            try:
-                kind, req, payload = item
-                if kind == _FRAME:
-                    frames = [payload]
-                    # Frames of the same request already waiting join this window.
-                    while True:
-                        try:
-                            nxt = self._queue.get_nowait()
-                        except queue.Empty:
-                            break
-                        if nxt is not _STOP and nxt[0] == _FRAME and nxt[1] is req:
-                            frames.append(nxt[2])
-                        else:
-                            carry = nxt
-                            break
-                    self._decode(req, frames, cuda_stream)
-                else:
-                    self._end(req, payload, cuda_stream)
-            finally:
-                self._busy = carry is not None
 
-    def _stream(self, req: Request) -> SNACStream:
-        stream = self._streams.get(req.id)
-        if stream is None:
-            stream = self._streams[req.id] = self.codec.stream(frames_per_decode=self.frames_per_decode)
-        return stream
-
-    def _timed(self, req: Request, work: Callable[[], np.ndarray], cuda_stream: Any) -> None:
-        t0 = time.perf_counter()
-        if cuda_stream is not None:
-            with torch.cuda.stream(cuda_stream):
-                pcm = work()
-        else:
-            pcm = work()
-        req.codec_seconds += time.perf_counter() - t0
-        if pcm.size:
-            if req.t_first_window is None:
-                req.t_first_window = t0
-            self._emit(req, pcm)
-
-    def _decode(self, req: Request, frames: list[tuple[int, ...]], cuda_stream: Any) -> None:
-        if req.cancelled or req.error is not None:
-            return
-        stream = self._stream(req)
-        batch = np.asarray(frames, dtype=np.int64)  # [k, codes_per_frame]
+    def _take(self, item: Any) -> bool:
+        """Put one queue item into the jobs; True for the stop marker."""
         try:
-            self._timed(req, lambda: stream.push(batch), cuda_stream)
-        except Exception as e:
-            logger.exception(f"codec: request {req.id} failed")
-            req.error = GenerationError(f"codec failed: {type(e).__name__}: {e}")
-            req.error.__cause__ = e
-            req.cancel()  # the LM stops generating frames nobody can hear
+            if item is _STOP:
+                return True
+            kind, req, payload = item
+            job = self._jobs.get(req.id)
+            if kind == _FRAME:
+                if req.cancelled or req.error is not None:
+                    return False  # frames nobody will hear
+                if job is None:
+                    stream = self.codec.stream(frames_per_decode=self.frames_per_decode)
+                    job = self._jobs[req.id] = _Job(req, stream)
+                if job.end_reason is None:
+                    try:
+                        job.stream.feed(np.asarray([payload], dtype=np.int64))
+                    except Exception as e:
+                        self._fail(job, e)
+            else:
+                if job is None:  # no audio at all: end it now
+                    job = self._jobs[req.id] = _Job(req, self.codec.stream(frames_per_decode=self.frames_per_decode))
+                job.end_reason = payload
+                if payload in ("stop", "length") and not job.dropped():
+                    job.stream.end()  # the last frames become due, with the context there is
+                    job.flushing = True
+            return False
+        finally:
+            self._queue.task_done()
 
-    def _end(self, req: Request, reason: str, cuda_stream: Any) -> None:
-        stream = self._streams.pop(req.id, None)
-        if req.error is not None:
-            reason = "error"
-        elif reason in ("stop", "length") and stream is not None:
+    def _due(self) -> list[tuple[_Job, CodecWindow]]:
+        """Every job's next window, for the jobs that have one due."""
+        out = []
+        for job in self._jobs.values():
+            if job.dropped():
+                continue
+            window = job.stream.pending_window()
+            if window is not None:
+                out.append((job, window))
+        return out
+
+    def _choose(self, due: list[tuple[_Job, CodecWindow]]) -> list[tuple[_Job, CodecWindow]]:
+        """The windows to decode now (see the module docstring)."""
+        firsts = [d for d in due if d[0].stream.samples_emitted == 0]
+        pool = firsts or due
+        if self.batch_windows:
+            return pool
+        now = time.perf_counter()
+        rate = self.codec.sample_rate
+        return [min(pool, key=lambda d: d[0].ahead(now, rate))]
+
+    def _decode(self, chosen: list[tuple[_Job, CodecWindow]], cuda_stream: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            if cuda_stream is not None:
+                with torch.cuda.stream(cuda_stream):
+                    audio = self.codec.decode_windows([w for _, w in chosen])
+            else:
+                audio = self.codec.decode_windows([w for _, w in chosen])
+            self.decode_calls += 1
+        except Exception as e:
+            if len(chosen) == 1:
+                self._fail(chosen[0][0], e)
+                return
+            for one in chosen:  # find the culprit(s): each window alone
+                self._decode([one], cuda_stream)
+            return
+        seconds = (time.perf_counter() - t0) / len(chosen)
+        self.windows += len(chosen)
+        for (job, _), pcm in zip(chosen, audio, strict=True):
+            req = job.req
+            req.codec_seconds += seconds
             try:
-                self._timed(req, stream.flush, cuda_stream)
+                out = job.stream.accept(pcm)
             except Exception as e:
-                logger.exception(f"codec: request {req.id} failed at flush")
-                req.error = GenerationError(f"codec failed: {type(e).__name__}: {e}")
-                req.error.__cause__ = e
-                reason = "error"
-        # Not busy any more before the sink hears "done" (``carry`` is empty after an end).
-        self._busy = False
-        self._finish(req, reason)
+                self._fail(job, e)
+                continue
+            if out.size:
+                if req.t_first_window is None:
+                    req.t_first_window = t0
+                self._emit(req, out)
+
+    def _fail(self, job: _Job, e: BaseException) -> None:
+        req = job.req
+        logger.opt(exception=e).error(f"codec: request {req.id} failed")
+        req.error = GenerationError(f"codec failed: {type(e).__name__}: {e}")
+        req.error.__cause__ = e
+        req.cancel()  # the LM stops generating frames nobody can hear
+
+    def _finish_ended(self) -> None:
+        """End the jobs the LM is done with whose audio is all out (or that were dropped)."""
+        for job in [j for j in self._jobs.values() if j.end_reason is not None]:
+            if job.dropped() or not job.flushing or job.stream.finished:
+                reason = "error" if job.req.error is not None else job.end_reason
+                self._jobs.pop(job.req.id, None)  # idle before the sink hears "done"
+                self._finish(job.req, reason)

@@ -91,6 +91,52 @@ def check_config(config: Any) -> str:
     return rope_type
 
 
+#: Config attributes that change the logits after the output layer (softcapping: a tanh cap;
+#: scaling: a multiplier or divisor), with the value besides ``None`` at which each does
+#: nothing (``None``: only unset is neutral). The runner applies the head as a plain matrix,
+#: so any other value would give wrong logits.
+LOGIT_TRANSFORMS: dict[str, float | None] = {
+    "final_logit_softcapping": None,
+    "logit_softcapping": None,
+    "logit_scale": 1.0,
+    "logits_scaling": 1.0,
+    "output_multiplier_scale": 1.0,
+}
+
+
+def check_head(model: Any) -> torch.nn.Linear:
+    """The model's output layer, if the runner may use it as a plain matrix (+ bias).
+
+    Structural, no forward pass: the output embedding must be exactly ``torch.nn.Linear``
+    (a subclass or wrapper may change its forward) and the config must not scale or cap the
+    logits (:data:`LOGIT_TRANSFORMS`).
+
+    Raises:
+        ValueError: Naming what the runner does not implement.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        kind = f"{type(head).__module__}.{type(head).__qualname__}"
+        raise ValueError(
+            f"LlamaRunner needs the output layer to be exactly torch.nn.Linear, not {kind} "
+            "(a subclass or wrapper may transform the logits)"
+        )
+    for name, neutral in LOGIT_TRANSFORMS.items():
+        value = getattr(model.config, name, None)
+        if value is None or (neutral is not None and not isinstance(value, bool) and value == neutral):
+            continue
+        raise ValueError(
+            f"LlamaRunner does not implement logit scaling or softcapping: the config sets {name}={value!r}"
+        )
+    return head
+
+
+def logits_tolerance(reference: torch.Tensor) -> float:
+    """How far the runner's logits may be from the model's own: relative to their scale,
+    loose enough for bf16 rounding (``0.05 * (max |logit| + 1)``)."""
+    return 0.05 * (float(reference.abs().max()) + 1.0)
+
+
 def _rope_tables(
     config: Any, rope_type: str, max_len: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,17 +188,21 @@ class LlamaRunner:
         max_len: Positions per slot (prompt + generated tokens).
         attend_block: Decode attends over the longest row's length rounded up to this
             (``max_len``: always the whole cache, fixed shapes).
+        check: Compare the runner's logits of a short probe sequence with the model's own
+            forward once, now (:meth:`check_logits`).
 
     Raises:
-        ValueError: The model uses a feature this runner does not implement.
+        ValueError: The model uses a feature this runner does not implement (its config or
+            output layer, :func:`check_config` and :func:`check_head`), or its logits differ
+            from the model's own forward.
     """
 
-    def __init__(self, model: Any, n_slots: int, max_len: int, *, attend_block: int = 256) -> None:
+    def __init__(
+        self, model: Any, n_slots: int, max_len: int, *, attend_block: int = 256, check: bool = True
+    ) -> None:
         config = model.config
         rope_type = check_config(config)
-        head = model.get_output_embeddings()
-        if not isinstance(head, torch.nn.Linear):
-            raise ValueError(f"LlamaRunner needs a linear output layer, not {type(head).__name__}")
+        head = check_head(model)
         body = model.model
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = config.num_key_value_heads
@@ -174,6 +224,8 @@ class LlamaRunner:
         self.cos, self.sin = _rope_tables(config, rope_type, max_len, self.device, self.dtype)
         self.positions = torch.arange(max_len, device=self.device)  # [L]
         self._decode_step = self._decode_body  # the callable a later torch.compile replaces
+        if check:
+            self.check_logits(model, self._probe_ids(config))
 
     # ------------------------------------------------------------------ slots
 
@@ -305,3 +357,47 @@ class LlamaRunner:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary: [..., H] -> [..., V]."""
         return F.linear(hidden, self.head_weight, self.head_bias)
+
+    # ------------------------------------------------------------------ checks
+
+    def _probe_ids(self, config: Any) -> list[int]:
+        """A short id sequence spread over the vocabulary (any ids do: the head is compared)."""
+        vocab = int(config.vocab_size)
+        n = max(1, min(8, self.max_len))
+        return [(i * 7919 + 1) % vocab for i in range(n)]
+
+    @torch.inference_mode()
+    def check_logits(self, model: Any, ids: Sequence[int], slot: int = 0) -> float:
+        """Compare the runner's last-token logits for ``ids`` with ``model``'s own forward.
+
+        A loose check (:func:`logits_tolerance`): it catches a model that computes its
+        logits some other way (a hook, a changed forward), not bf16 rounding. Prefills
+        ``slot`` (it must be empty) and frees it again.
+
+        Returns:
+            The largest absolute difference.
+
+        Raises:
+            ValueError: The logits differ by more than the tolerance (never a silent fallback).
+        """
+        if self.length(slot) != 0:
+            raise ValueError(f"check_logits needs an empty slot; slot {slot} holds {self.length(slot)} tokens")
+        input_ids = torch.tensor([list(ids)], device=self.device)
+        reference = model(input_ids=input_ids, logits_to_keep=1).logits[0, -1].float()  # [V]
+        try:
+            ours = self.logits(self.prefill(slot, ids)).float()  # [V]
+        finally:
+            self.free(slot)
+        if ours.shape != reference.shape:
+            raise ValueError(
+                f"LlamaRunner gives {ours.shape[-1]} logits, the model's own forward {reference.shape[-1]}"
+            )
+        diff = float((ours - reference).abs().max())
+        tolerance = logits_tolerance(reference)
+        if not diff <= tolerance:  # NaN fails too
+            raise ValueError(
+                f"LlamaRunner's logits differ from the model's own forward by {diff:.4g} "
+                f"(tolerance {tolerance:.4g}): the model computes its logits in a way this runner "
+                "does not implement"
+            )
+        return diff

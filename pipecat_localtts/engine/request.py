@@ -35,7 +35,7 @@ class AudioSink(Protocol):
 
 @dataclass(eq=False)
 class Request:
-    """One utterance to generate. Created by :meth:`TTSEngine.submit`."""
+    """One utterance to generate. Created by :meth:`~pipecat_localtts.engine.batched.BatchedEngine.submit`."""
 
     text: str
     prompt_ids: list[int]

@@ -20,6 +20,7 @@ from loguru import logger
 from pipecat_localtts.chunking import text_width
 from pipecat_localtts.codecs.snac import SNAC_24KHZ_HUB_ID, SNACCodec, hub_offline, load_snac
 from pipecat_localtts.errors import ModelLoadError, UnknownVoiceError
+from pipecat_localtts.models.base import TokenLayout
 
 if TYPE_CHECKING:
     import torch
@@ -164,6 +165,14 @@ class OrpheusModel:
     def __post_init__(self) -> None:
         assert self.codec.codes_per_frame == TOKENS_PER_FRAME
         assert self.codec.codebook_size == CODEBOOK_SIZE
+        self._layout = TokenLayout.contiguous(
+            AUDIO_TOKEN_BASE, CODEBOOK_SIZE, TOKENS_PER_FRAME, sorted(self.stop_tokens)
+        )
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """Audio token ranges per frame slot (``<custom_token_{10 + 4096 s + code}>``) and the stop token."""
+        return self._layout
 
     @property
     def device(self) -> torch.device:
