@@ -11,8 +11,19 @@ calls' first sentences). Two designs in the same run:
   ``BatchedEngine(max_batch=1)`` each (own engine and codec threads, own one-slot KV cache),
   the engines taking turns on the device.
 
+Each N runs ``--repeats`` times (designs alternating) and the medians are reported: the
+machines this runs on are shared and noisy.
+
+Also measured, without the codec (``lm``): the batched decode step alone (our forward, the
+candidate head and the per-row sampler, CUDA graphs on a GPU) at each batch size, its
+aggregate token rate as audio seconds per wall second (82 tokens = 1 s), and the floor
+set by reading the weights once per step at the device's measured copy bandwidth.
+
 Writes ``benchmarks/results/concurrency.json`` and ``concurrency.png``. Random weights never
 say stop, so each sentence runs to its max-token guard: the audio length is set by the text.
+
+GPU (when one is lent): ``python benchmarks/concurrency.py --shape orpheus-3b --device cuda
+--calls 1,16,64 --repeats 1`` (a few minutes: bf16 weights, CUDA graphs per bucket).
 """
 
 from __future__ import annotations
@@ -34,7 +45,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.engine import batch_sampling as bs
 from pipecat_localtts.engine.batched import BatchedEngine
+from pipecat_localtts.engine.llama import LlamaRunner
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.testing import random_orpheus
 
@@ -131,6 +144,71 @@ async def _run(model, design: str, n: int) -> dict:
     }
 
 
+TOKENS_PER_AUDIO_SECOND = 7 * 24000 / 2048  # Orpheus: 7 tokens per 2048-sample SNAC frame
+
+
+def _copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large on-device copy (read + write counted once each)."""
+    a = torch.empty(64 * 2**20, dtype=torch.float32, device=device)  # 256 MB
+    b = torch.empty_like(a)
+    b.copy_(a)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        b.copy_(a)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 5 * 2 * a.numel() * a.element_size() / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def lm_steps(model, batch_sizes: list[int], steps: int = 30) -> list[dict]:
+    """The batched step without the codec: ms per step, and the weight-read floor."""
+    device = model.device
+    layout = model.token_layout
+    bandwidth = _copy_bandwidth(device)
+    body = sum(p.numel() * p.element_size() for p in model.lm.model.parameters())
+    embed = model.lm.model.embed_tokens.weight
+    body -= embed.numel() * embed.element_size()  # one row of it is read per token
+    rows = []
+    for b in batch_sizes:
+        runner = LlamaRunner(model.lm, n_slots=b, max_len=512 + steps + 8, check=False)
+        if device.type == "cuda":
+            runner.capture(cuda_graphs=True)
+        head = bs.CandidateHead(layout, runner.head_weight, runner.head_bias)
+        seen = head.new_seen(b)
+        prompt = model.build_prompt(SENTENCES[0], model.voices[0])
+        for slot in range(b):
+            runner.prefill(slot, prompt)
+        params = bs.RowParams.build([PARAMS] * b, [slot for slot in range(b)], [0] * b, device)
+        tokens = torch.full((b,), layout.slot_starts[0], dtype=torch.long, device=device)
+        times = []
+        for i in range(steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            hidden = runner.decode(list(range(b)), tokens)
+            out = bs.sample_step(hidden, head, [i % layout.tokens_per_frame] * b, seen, params)
+            tokens = out.clone()
+            out.tolist()  # the engine's one host read per step
+            times.append(time.perf_counter() - t0)
+        step = statistics.median(times[5:])
+        head_bytes = layout.width * runner.head_weight.shape[1] * runner.head_weight.element_size()
+        floor = (body + head_bytes) / bandwidth
+        rows.append(
+            {
+                "batch": b,
+                "step_ms": 1000 * step,
+                "lm_audio_per_wall_s": b / step / TOKENS_PER_AUDIO_SECOND,
+                "weight_read_floor_ms": 1000 * floor,
+                "step_over_floor": step / floor,
+            }
+        )
+        del runner
+    return rows
+
+
 def _plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -142,6 +220,9 @@ def _plot(results: dict, path: Path) -> None:
         ns = [r["calls"] for r in rows]
         a.plot(ns, [r["aggregate_audio_per_wall_s"] for r in rows], marker="o", label=design)
         b.plot(ns, [r["ttfa_p95_ms"] for r in rows], marker="o", label=design)
+    lm = results.get("lm") or []
+    if lm:
+        a.plot([r["batch"] for r in lm], [r["lm_audio_per_wall_s"] for r in lm], ls="--", marker=".", label="LM step only (no codec)")
     a.set(xlabel="concurrent calls", ylabel="audio s per wall s (all calls)", xscale="log", title="throughput")
     b.set(xlabel="concurrent calls", ylabel="TTFA p95 (ms)", xscale="log", title="first audio")
     for ax in (a, b):
@@ -158,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", default="1,2,4,8,16")
     parser.add_argument("--designs", default="batched,per-call")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per N (medians reported)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
     logger.remove()
@@ -168,9 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     designs = args.designs.split(",")
     for design in designs:  # a first, unmeasured call of each: one-time costs out of the figures
         asyncio.run(_run(model, design, 1))
-    for n in [int(x) for x in args.calls.split(",")]:
-        for design in designs:  # alternating, so neither design gets the quieter machine
-            row = asyncio.run(_run(model, design, n))
+    calls = [int(x) for x in args.calls.split(",")]
+    results["lm"] = lm_steps(model, calls)
+    for row in results["lm"]:
+        print(
+            f"lm        B={row['batch']:3}  step {row['step_ms']:.1f} ms ({row['step_over_floor']:.1f}x the "
+            f"weight-read floor {row['weight_read_floor_ms']:.1f} ms)  {row['lm_audio_per_wall_s']:.2f} audio s/s",
+            flush=True,
+        )
+    for n in calls:
+        runs: dict[str, list[dict]] = {d: [] for d in designs}
+        for _ in range(args.repeats):
+            for design in designs:  # alternating, so neither design gets the quieter machine
+                runs[design].append(asyncio.run(_run(model, design, n)))
+        for design in designs:
+            row = {k: statistics.median(r[k] for r in runs[design]) for k in runs[design][0]}
+            row["repeats"] = args.repeats
             results["designs"].setdefault(design, []).append(row)
             print(
                 f"{design:9} N={n:3}  aggregate {row['aggregate_audio_per_wall_s']:.3f} audio s/s  "

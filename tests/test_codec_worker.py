@@ -243,3 +243,31 @@ def test_batched_windows_decode_many_requests_in_one_call_and_a_bad_window_fails
     for i in (0, 1, 3):
         assert out.ended[reqs[i].id] == "length"
         np.testing.assert_allclose(out.pcm(reqs[i]), codec.decode(codes[i]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("low_water_s", [0.0, 60.0])
+def test_later_windows_wait_for_a_big_window_unless_the_audio_is_about_to_run_out(codec, low_water_s):
+    """Ahead of real time and above the low-water mark: windows of ``big_window`` frames (few
+    context frames decoded); below it: every frame as soon as it is final."""
+    out = Collector()
+    counting = CountingCodec(codec)
+    worker = CodecWorker(
+        counting, frames_per_decode=1, emit=out.emit, finish=out.finish, big_window=6, low_water_s=low_water_s
+    )
+    req = request()
+    codes = frames(22, seed=4)
+    try:
+        for f in codes:  # much faster than real time: the audio runs ahead of the wall clock
+            worker.frame(req, tuple(int(c) for c in f))
+            time.sleep(0.04)  # the worker decodes between frames; still twice real time
+        worker.end(req, "length")
+        assert out.done.wait(10)
+    finally:
+        worker.close()
+    np.testing.assert_allclose(out.pcm(req), codec.decode(codes), atol=1e-4, rtol=0)
+    kept = [p.size // codec.samples_per_frame for p in out.audio[req.id]]
+    assert kept[0] == 1  # the first audio never waits
+    if low_water_s == 0.0:
+        assert all(k >= 6 for k in kept[1:-1]), kept  # big windows (the last one is the flush)
+    else:
+        assert len(kept) > 12 and max(kept[1:-1]) <= 2, kept  # eager: about one frame a window

@@ -323,3 +323,51 @@ def test_the_numeric_check_is_loose_enough_for_bf16():
     diff = runner.check_logits(model, ids)
     reference = reference_logits(model, ids)[-1].float()
     assert 0 < diff <= llama.logits_tolerance(reference) / 4  # bf16 rounding, far inside
+
+
+# ---------------------------------------------------------------------------- static (CUDA graph) steps
+
+
+def test_padded_bucket_steps_equal_the_dynamic_step(model):
+    """The fixed-shape steps a CUDA graph replays (run eagerly here) pad each step up to its
+    bucket; rows with holes between them, joins and a reused slot all give the same logits."""
+    dynamic = LlamaRunner(model, n_slots=5, max_len=MAX_LEN, attend_block=8)
+    static = LlamaRunner(model, n_slots=5, max_len=MAX_LEN, attend_block=8)
+    assert static.capture(buckets=(1, 2, 4), cuda_graphs=False)
+    assert static.static_buckets == (1, 2, 4, 5) and not static.cuda_graphs
+    for runner in (dynamic, static):
+        for s in (0, 2, 3):
+            runner.prefill(s, sequence(40 + s, 3 + s))
+    schedule = [[0], [2], [0, 2], [3], [0, 2, 3], [2, 3], "free 0", "prefill 0", [0, 3], [0, 2, 3]]
+    for i, rows in enumerate(schedule):
+        if rows == "free 0":
+            dynamic.free(0)
+            static.free(0)
+            continue
+        if rows == "prefill 0":  # a slot that served as padding takes a new sequence
+            ids = sequence(50, 6)
+            torch.testing.assert_close(static.prefill(0, ids), dynamic.prefill(0, ids), **TOL)
+            continue
+        tokens = torch.tensor([(7 * i + r) % SMALL["vocab_size"] for r in rows])
+        torch.testing.assert_close(static.decode(rows, tokens), dynamic.decode(rows, tokens), **TOL)
+        assert static.cache.lengths == dynamic.cache.lengths  # padding rows were not advanced
+
+
+def test_a_failed_graph_capture_logs_a_warning_and_decodes_eagerly(model):
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        runner = LlamaRunner(model, n_slots=2, max_len=MAX_LEN)
+        assert not runner.capture(cuda_graphs=True)  # no CUDA here: the capture fails
+    finally:
+        logger.remove(sink)
+    assert any("CUDA graph capture failed" in m for m in messages)
+    assert runner.static_buckets == () and runner.cache.lengths == [0, 0]
+    ids = sequence(60, 5)
+    alone = run_alone(runner, 1, ids, 3)
+    torch.testing.assert_close(alone, reference_logits(model, ids)[2:], **TOL)
+    runner.prefill(0, ids)
+    with pytest.raises(RuntimeError, match="empty cache"):
+        runner.capture(cuda_graphs=False)

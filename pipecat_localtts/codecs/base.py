@@ -53,6 +53,11 @@ class CodecStream(Protocol):
     samples_emitted: int  #: Samples returned since the last reset.
 
     @property
+    def frames_due(self) -> int:
+        """Frames whose audio could be emitted now (what the next window would keep)."""
+        ...
+
+    @property
     def finished(self) -> bool:
         """The utterance was ended and every sample has been returned."""
         ...

@@ -824,6 +824,12 @@ class SNACStream:
         return int(self._buf.shape[0])
 
     @property
+    def frames_due(self) -> int:
+        """Final frames not yet emitted (all remaining ones once the utterance has ended)."""
+        final = self.frames_pushed if self._ended else max(0, self.frames_pushed - self.codec.context_frames)
+        return max(0, final - self.frames_emitted)
+
+    @property
     def ended(self) -> bool:
         """Whether the utterance was ended (:meth:`end` or :meth:`flush`); no more frames."""
         return self._ended

@@ -11,6 +11,11 @@ window, not once per frame, and the worse the load, the bigger the windows (adap
 amortisation). Which windows go first:
 
 * a request's FIRST window before any other (its time to first audio);
+* a later window only when it is worth it: the request's audio is about to run out (less
+  than ``low_water_s`` ahead of real time), or ``big_window`` frames are due, or the request
+  has ended. A request comfortably ahead, or already behind real time (an overloaded
+  machine, where bigger windows are what lets everybody catch up), waits for a big window,
+  so context frames are decoded less often;
 * then, on a GPU, all due windows in one batched call (``SNACCodec.decode_windows``: one
   forward pass per window length, each row with its own noise positions); on a CPU, where a
   batched convolution costs the sum of its rows, one window at a time, the stream with the
@@ -78,6 +83,9 @@ class CodecWorker:
         threads: CPU threads for codec work on this thread (``None``: PyTorch's default).
         batch_windows: Decode all due windows of all requests in one batched call (``None``:
             on a GPU only; see the module docstring).
+        big_window: Frames due at which a window is decoded whatever the request's timing.
+        low_water_s: Audio ahead of real time below which a request's due frames are
+            decoded at once.
     """
 
     def __init__(
@@ -90,10 +98,14 @@ class CodecWorker:
         threads: int | None = None,
         name: str = "localtts-codec",
         batch_windows: bool | None = None,
+        big_window: int = 12,
+        low_water_s: float = 0.4,
     ) -> None:
         self.codec = codec
         self.frames_per_decode = frames_per_decode
         self.batch_windows = codec.device.type == "cuda" if batch_windows is None else bool(batch_windows)
+        self.big_window = max(1, int(big_window), int(frames_per_decode))
+        self.low_water_s = float(low_water_s)
         self._emit = emit
         self._finish = finish
         self._threads = threads
@@ -134,10 +146,13 @@ class CodecWorker:
             cuda_stream = torch.cuda.Stream(self.codec.device)  # overlaps the LM's stream
         stopping = False
         while True:
-            due = self._due()
-            # Wait for input only when there is nothing to decode.
+            due, wake = self._due()
+            # Wait for input only when there is nothing to decode (or not yet worth it).
             if not due and not stopping:
-                stopping |= self._take(self._queue.get())
+                try:
+                    stopping |= self._take(self._queue.get(timeout=wake))
+                except queue.Empty:
+                    pass
             while True:
                 try:
                     item = self._queue.get_nowait()
@@ -145,7 +160,7 @@ class CodecWorker:
                     break
                 stopping |= self._take(item)
             self._finish_ended()
-            due = self._due()
+            due, _ = self._due()
             if due:
                 self._decode(self._choose(due), cuda_stream)
                 self._finish_ended()
@@ -184,16 +199,33 @@ class CodecWorker:
         finally:
             self._queue.task_done()
 
-    def _due(self) -> list[tuple[_Job, CodecWindow]]:
-        """Every job's next window, for the jobs that have one due."""
+    def _due(self) -> tuple[list[tuple[_Job, CodecWindow]], float | None]:
+        """Every job's next window, for the jobs whose window is due and worth decoding now;
+        and how long to wait at most for input before a held-back window becomes worth it
+        (``None``: nothing held back)."""
         out = []
+        wake: float | None = None
+        now = time.perf_counter()
+        rate = self.codec.sample_rate
         for job in self._jobs.values():
             if job.dropped():
                 continue
-            window = job.stream.pending_window()
+            stream = job.stream
+            if stream.frames_due == 0:
+                continue
+            if not (job.flushing or stream.samples_emitted == 0 or stream.frames_due >= self.big_window):
+                ahead = job.ahead(now, rate)
+                if ahead < 0 or ahead >= self.low_water_s:  # behind: wait for a big window
+                    if ahead >= self.low_water_s:
+                        until = ahead - self.low_water_s
+                        wake = until if wake is None else min(wake, until)
+                    continue
+            window = stream.pending_window()
             if window is not None:
                 out.append((job, window))
-        return out
+        if wake is not None:
+            wake = min(max(wake, 0.002), 0.25)
+        return out, wake
 
     def _choose(self, due: list[tuple[_Job, CodecWindow]]) -> list[tuple[_Job, CodecWindow]]:
         """The windows to decode now (see the module docstring)."""

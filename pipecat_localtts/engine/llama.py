@@ -175,6 +175,60 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return zeros.masked_fill_(~allowed, float("-inf"))
 
 
+#: Batch sizes that get a static decode step (a CUDA graph on a GPU); a step runs in the
+#: smallest bucket holding all its slots, padded.
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _StaticStep:
+    """The decode step of one bucket on fixed buffers: slots ``0..b-1``, the whole cache.
+
+    Every slot of the bucket is computed; the slots not in the step are padding (their token
+    0 is written at their own length, a position no valid content holds: a free slot's is 0,
+    and the next prefill overwrites it). The shapes never change, so on a GPU the step is
+    captured once as a CUDA graph and replayed; on a CPU (tests) it runs eagerly on the same
+    buffers.
+    """
+
+    def __init__(self, runner: LlamaRunner, b: int, *, capture: bool, pool: Any = None) -> None:
+        dev = runner.device
+        self.b = b
+        self._runner = runner
+        self.tokens = torch.zeros(b, dtype=torch.long, device=dev)  # [b]
+        self.lengths = torch.zeros(b, dtype=torch.long, device=dev)  # [b]
+        self.slots = torch.arange(b, device=dev)  # [b]
+        self.graph: Any = None
+        self.out: torch.Tensor | None = None
+        if capture:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # warm-up runs before capture, off the default stream
+                for _ in range(2):
+                    self._body()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.out = self._body()
+            self.graph = graph
+
+    def _body(self) -> torch.Tensor:
+        r = self._runner
+        return r._decode_body(self.tokens, self.slots, self.lengths, 0, r.max_len, True)
+
+    def run(self, rows: list[int], tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Hidden states of ``rows`` ([B, H]) after feeding them ``tokens``."""
+        index = torch.tensor(rows, device=self.tokens.device)
+        self.tokens.zero_().index_copy_(0, index, tokens)
+        self.lengths.copy_(torch.tensor(lengths[: self.b], dtype=torch.long), non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+            out = self.out
+        else:
+            out = self._body()
+        assert out is not None
+        return out.index_select(0, index)
+
+
 def _mlp(x: torch.Tensor, p: _Layer) -> torch.Tensor:
     return F.linear(F.silu(F.linear(x, *p.gate)) * F.linear(x, *p.up), *p.down)
 
@@ -224,6 +278,7 @@ class LlamaRunner:
         self.cos, self.sin = _rope_tables(config, rope_type, max_len, self.device, self.dtype)
         self.positions = torch.arange(max_len, device=self.device)  # [L]
         self._decode_step = self._decode_body  # the callable a later torch.compile replaces
+        self._static: dict[int, _StaticStep] = {}  # bucket -> fixed-shape step
         if check:
             self.check_logits(model, self._probe_ids(config))
 
@@ -306,10 +361,61 @@ class LlamaRunner:
         host = torch.tensor(rows + lengths[lo:hi], dtype=torch.long)
         host = host.to(self.device, non_blocking=True)
         packed = rows == list(range(lo, hi))  # rows are the range itself: no scatter
+        static = next((self._static[b] for b in sorted(self._static) if b >= hi), None)
+        if static is not None:
+            hidden = static.run(rows, tokens, lengths)
+            self.cache.advance(rows)
+            return hidden
         b = len(rows)
         hidden = self._decode_step(tokens, host[:b], host[b:], lo, window, packed)
         self.cache.advance(rows)
         return hidden
+
+    # ------------------------------------------------------------------ static steps
+
+    @property
+    def static_buckets(self) -> tuple[int, ...]:
+        """Buckets with a static step (a CUDA graph on a GPU)."""
+        return tuple(sorted(self._static))
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether decode steps replay captured CUDA graphs."""
+        return any(step.graph is not None for step in self._static.values())
+
+    @torch.inference_mode()
+    def capture(self, buckets: Sequence[int] = GRAPH_BUCKETS, *, cuda_graphs: bool | None = None) -> bool:
+        """Build a fixed-shape decode step per bucket (``<= n_slots``; the largest is always
+        ``n_slots``), captured as CUDA graphs when ``cuda_graphs`` (default: on CUDA).
+
+        Call it while no slot holds a sequence (at warm-up). A failure to capture logs one
+        warning and leaves the dynamic (eager) step in place; it never fails a start.
+
+        Returns:
+            Whether the static steps are in use.
+        """
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
+        n = self.cache.n_slots
+        chosen = sorted({b for b in buckets if b < n} | {n})
+        if any(self.cache.lengths):
+            raise RuntimeError("capture() needs an empty cache (call it before serving)")
+        steps: dict[int, _StaticStep] = {}
+        try:
+            pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+            for b in reversed(chosen):  # largest first: the smaller ones reuse its memory pool
+                steps[b] = _StaticStep(self, b, capture=cuda_graphs, pool=pool)
+        except Exception as e:  # noqa: BLE001 - any capture failure: stay eager
+            from loguru import logger
+
+            logger.warning(f"LlamaRunner: CUDA graph capture failed ({type(e).__name__}: {e}); decoding eagerly")
+            self._static = {}
+            return False
+        finally:
+            for slot in range(n):  # warm-up and capture wrote padding at position 0 only
+                self.cache.reset_slot(slot)
+        self._static = steps
+        return True
 
     def _decode_body(
         self,

@@ -65,6 +65,10 @@ class LocalBatchedLM:
         max_len: Cache positions per slot (prompt + generated tokens).
         name: For thread names and logs.
         align_frames: Admit new jobs at the batch's frame boundary (see the module docstring).
+        cuda_graphs: Capture one CUDA graph of the decode step per batch-size bucket
+            (:data:`~pipecat_localtts.engine.llama.GRAPH_BUCKETS` up to ``max_batch``) at
+            start; a step is padded up to its bucket. ``None``: on CUDA. A failed capture
+            logs a warning and decodes eagerly.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class LocalBatchedLM:
         max_len: int,
         name: str = "lm",
         align_frames: bool = True,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.layout = layout
         self.max_batch = max_batch
@@ -84,6 +89,7 @@ class LocalBatchedLM:
         self._runner = LlamaRunner(lm, n_slots=max_batch, max_len=max_len)
         self._head = bs.CandidateHead(layout, self._runner.head_weight, self._runner.head_bias)
         self._device = self._runner.device
+        self.cuda_graphs = self._device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         self._seen = self._head.new_seen(max_batch)  # [S, union]: tokens each slot has made
         self._free = list(range(max_batch))  # lowest first: busy slots stay packed low
         self._waiting: deque[Job] = deque()
@@ -114,6 +120,13 @@ class LocalBatchedLM:
                 raise EngineClosedError("engine was closed")
             if self._thread is not None:
                 return
+            if self.cuda_graphs:
+                t0 = time.perf_counter()
+                if self._runner.capture(cuda_graphs=True):
+                    logger.info(
+                        f"engine: {self.name}: CUDA graphs for batch sizes {self._runner.static_buckets} "
+                        f"({time.perf_counter() - t0:.1f} s)"
+                    )
             self._sink = sink
             self._thread = threading.Thread(target=self._run, name=f"localtts-lm-{self.name}", daemon=True)
             self._thread.start()
