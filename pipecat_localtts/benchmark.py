@@ -185,7 +185,7 @@ class _ReferenceStreamer:
                     frames[:, list(o.SLOT_TO_CANONICAL)] = orpheus
                     codes = torch.as_tensor(frames, device=self.codec.device)
                     audio = self.codec.model.decode(
-                        [codes[:, sl].reshape(1, -1) for sl in self.codec._code_slices]
+                        self.codec.codebooks(codes)
                     )
                     self.samples += audio[..., 2048:4096].shape[-1]
 
@@ -310,11 +310,12 @@ async def _ttfa_once(model, *, aggregator: str, tokens_per_s: float, params) -> 
 
     from pipecat_localtts.service import LocalTTSService
 
-    service = LocalTTSService(model=model, params=params)
+    extra = {}
     if aggregator == "sentence":  # Pipecat's default, for comparison
         from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
-        service._text_aggregator = SimpleTextAggregator()
+        extra["text_aggregator"] = SimpleTextAggregator()
+    service = LocalTTSService(model=model, params=params, **extra)
     pieces = [TTFA_TEXT[i : i + 4] for i in range(0, len(TTFA_TEXT), 4)]  # ~LLM tokens
     sent: list[float] = []
 

@@ -209,6 +209,7 @@ class LocalTTSService(TTSService):
         # turns with an unknown voice would otherwise leave it unusable after the fix).
         kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
         transforms = [("*", _drop_unspeakable), *(kwargs.pop("text_transforms", None) or [])]
+        aggregator = kwargs.pop("text_aggregator", None)  # Pipecat's own argument: ours by default
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
@@ -217,7 +218,7 @@ class LocalTTSService(TTSService):
             **kwargs,
         )
         self._chunking = chunking or ChunkerConfig()
-        self._text_aggregator = AdaptiveTextAggregator(self._chunking)
+        self._text_aggregator = aggregator or AdaptiveTextAggregator(self._chunking)
         self._params = params or GenerationParams()
         self._frames_per_decode = frames_per_decode
         self._max_batch = max_batch

@@ -208,7 +208,15 @@ def test_a_failed_prefill_fails_only_its_request(model, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(slot, ids, start)
 
+    real_many = runner.prefill_many
+
+    def prefill_many(slots, prompts):  # two requests admitted together go in one pass
+        if any(list(ids) == marker for ids in prompts):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_many(slots, prompts)
+
     monkeypatch.setattr(runner, "prefill", prefill)
+    monkeypatch.setattr(runner, "prefill_many", prefill_many)
     try:
         bad_sink = BlockingSink()
         bad = engine.submit(TEXTS[4], "tara", _params(4), bad_sink)

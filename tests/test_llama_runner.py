@@ -371,3 +371,20 @@ def test_a_failed_graph_capture_logs_a_warning_and_decodes_eagerly(model):
     runner.prefill(0, ids)
     with pytest.raises(RuntimeError, match="empty cache"):
         runner.capture(cuda_graphs=False)
+
+
+def test_prompts_prefilled_together_equal_each_prefilled_alone(model):
+    prompts = {0: sequence(70, 5), 2: sequence(71, 11), 3: sequence(72, 1)}
+    together = LlamaRunner(model, n_slots=4, max_len=MAX_LEN)
+    hidden = together.prefill_many(list(prompts), list(prompts.values()))
+    alone = LlamaRunner(model, n_slots=4, max_len=MAX_LEN)
+    for row, (slot, ids) in enumerate(prompts.items()):
+        torch.testing.assert_close(hidden[row], alone.prefill(slot, ids), **TOL)
+        assert together.length(slot) == len(ids)
+    # Their caches hold the same sequences: the next batched step agrees too.
+    tokens = torch.tensor([3, 4, 5])
+    torch.testing.assert_close(
+        together.decode(list(prompts), tokens), alone.decode(list(prompts), tokens), **TOL
+    )
+    with pytest.raises(ValueError, match="distinct slots"):
+        together.prefill_many([1, 1], [[1], [2]])

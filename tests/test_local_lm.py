@@ -174,3 +174,41 @@ def test_cuda_graphs_asked_for_where_they_cannot_be_captured_leave_a_working_eng
         assert req.wait(30) and req.error is None and req.finish_reason == "length"
     finally:
         engine.close()
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_others_steps(model):
+    """Chunked prefill: the same tokens as one prefill, and the running request keeps stepping."""
+    long_text = "This is a rather long sentence that makes a prompt of many tokens for the test."
+    reference = _engine(model, align=True, max_batch=1)
+    try:
+        ref = reference.submit(long_text, "tara", _params(9), NullSink())
+        assert ref.wait(30)
+    finally:
+        reference.close()
+    source = LocalBatchedLM(model.lm, model.token_layout, max_batch=2, max_len=768, name="t", prefill_chunk=4)
+    engine = BatchedEngine(model, max_batch=2, max_tokens=256, source=source)
+    engine.start()
+    progress: list[tuple[int, int]] = []
+    on_token = engine.on_token
+
+    def logged(job, token):
+        progress.append((job.req.id, len(job.req.tokens) + 1))
+        return on_token(job, token)
+
+    engine.on_token = logged
+    try:
+        first = engine.submit(TEXTS[1], "tara", _params(1), NullSink())
+        while len(first.tokens) < 2:
+            time.sleep(0.0005)
+        progress.append((-1, 0))  # the long request is submitted here
+        long = engine.submit(long_text, "tara", _params(9), NullSink())
+        assert first.wait(30) and long.wait(30)
+    finally:
+        engine.close()
+    assert long.tokens == ref.tokens and long.error is None
+    chunks = -(-len(long.prompt_ids) // 4)
+    assert chunks >= 5
+    # Between the long request's admission and its first token the first one kept stepping:
+    # about one of its tokens per chunk (not zero, as with a prefill in one piece).
+    during = progress[progress.index((-1, 0)) : progress.index((long.id, 1))]
+    assert len([1 for rid, _ in during if rid == first.id]) >= chunks - 1

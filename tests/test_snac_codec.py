@@ -124,7 +124,7 @@ def test_positional_noise_and_speed_ups_change_no_weight_and_no_output_value() -
         assert [b.upsample for b in blocks] == [8, 64, 256, 512]
         frames = random_frames(codec, 9, seed=1)
         codes = torch.as_tensor(frames)
-        per_codebook = [codes[:, sl].reshape(1, -1) for sl in codec._code_slices]
+        per_codebook = codec.codebooks(codes)
         with torch.inference_mode():
             expected = reference.decode(per_codebook).reshape(-1).numpy()
         np.testing.assert_array_equal(codec.decode(frames), expected)

@@ -648,6 +648,11 @@ class SNACCodec:
 
     # ------------------------------------------------------------------ decoding
 
+    def codebooks(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """SNAC's own input for canonical frames: ``[n, codes_per_frame]`` -> one
+        ``[1, n * codes_per_codebook[i]]`` tensor per codebook (for ``model.decode``)."""
+        return [codes[:, sl].reshape(1, -1) for sl in self._code_slices]
+
     def _decode_batch(self, codes: torch.Tensor, start_frames: Sequence[int]) -> torch.Tensor:
         """Decodes equal-length windows of validated frames in one forward pass.
 

@@ -335,6 +335,51 @@ class LlamaRunner:
         self.cache.lengths[slot] = end
         return _rms_norm(x[-1], self.norm, self.eps)
 
+    @torch.inference_mode()
+    def prefill_many(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prefill several new sequences (each from position 0) in one forward pass.
+
+        The prompts are laid end to end and attend block-diagonally (each to its own
+        earlier tokens), so each gets what :meth:`prefill` alone would give it (up to the
+        float rounding of a larger matmul). Their slots' lengths are set only after success.
+
+        Returns:
+            The final-norm hidden state of each prompt's last token ([n, H]).
+        """
+        if len(slots) != len(prompts) or not slots or len(set(slots)) != len(slots):
+            raise ValueError(f"prefill_many needs distinct slots, one per prompt: {list(slots)}")
+        lens = [len(p) for p in prompts]
+        for slot, n in zip(slots, lens, strict=True):
+            if not 0 <= slot < self.cache.n_slots or not 0 < n <= self.max_len:
+                raise ValueError(f"cannot prefill {n} tokens into slot {slot}")
+            self.cache.lengths[slot] = 0
+        dev = self.device
+        ids = torch.tensor([t for p in prompts for t in p], device=dev)  # [T]
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens])  # [T]
+        seq = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))  # [T]
+        mask = _additive((seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None]), self.dtype)  # [T, T]
+        starts = [sum(lens[:i]) for i in range(len(lens))]
+        total = len(pos)
+        x = F.embedding(ids, self.embed)  # [T, H]
+        cos, sin = self.cos[pos], self.sin[pos]  # [T, D]
+        hq, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        for i, p in enumerate(self.layers):
+            h = _rms_norm(x, p.ln1, self.eps)
+            q = _rope(F.linear(h, *p.q).view(total, hq, d).transpose(0, 1), cos, sin)  # [Hq, T, D]
+            k = _rope(F.linear(h, *p.k).view(total, hkv, d).transpose(0, 1), cos, sin)  # [Hkv, T, D]
+            v = F.linear(h, *p.v).view(total, hkv, d).transpose(0, 1)
+            for slot, start, n in zip(slots, starts, lens, strict=True):
+                self.cache.write(i, slot, 0, k[:, start : start + n], v[:, start : start + n])
+            a = F.scaled_dot_product_attention(
+                q[None], k[None], v[None], attn_mask=mask, scale=self.scale, enable_gqa=True
+            )  # [1, Hq, T, D]
+            x = x + F.linear(a[0].transpose(0, 1).reshape(total, hq * d), *p.o)
+            x = x + _mlp(_rms_norm(x, p.ln2, self.eps), p)
+        for slot, n in zip(slots, lens, strict=True):
+            self.cache.lengths[slot] = n
+        last = torch.tensor([start + n - 1 for start, n in zip(starts, lens, strict=True)], device=dev)
+        return _rms_norm(x.index_select(0, last), self.norm, self.eps)
+
     # ------------------------------------------------------------------ decode
 
     @torch.inference_mode()

@@ -1,13 +1,17 @@
 """The local batched LM: one model, many jobs advanced together, one token per step.
 
 One thread owns the language model. Each iteration of its loop is step-major, as in
-nano-vllm: (1) admit waiting jobs into free cache slots, FIFO, and prefill each of them at
-once (a new job's prefill runs before the next batched step, so its first audio is not held
-up by the others' utterances); (2) run ONE batched decode step that advances every active job
+nano-vllm: (1) admit waiting jobs into free cache slots, FIFO, and prefill them at once, the
+short prompts admitted together in one forward pass (a new job's prefill runs before the next
+batched step, so its first audio is not held up by the others' utterances); (2) run ONE batched decode step that advances every active job
 by one token, each row at its own position; (3) per row: sample with the row's own parameters
 and its own seeded noise and hand the token to the engine's sink, which says whether the row
 goes on. Jobs beyond ``max_batch`` wait in order and stay cancellable; their wait is recorded
 (``t_submit`` -> ``t_admitted``).
+
+**Chunked prefill.** A prompt longer than ``prefill_chunk`` tokens goes into its slot one
+chunk per iteration, between the batch's decode steps, so a long prompt delays the others by
+one chunk at a time, not by its whole length.
 
 **Frame alignment.** With several rows active, a new job is admitted at a frame boundary of
 the batch (when the rows' next token is at the slot a freshly prefilled row is at), so all
@@ -50,6 +54,7 @@ class _Row:
     job: Job
     slot: int
     next_token: int = -1  # the token to feed at the next decode step
+    prefilled: int = 0  # prompt tokens in the cache (a long prompt goes in chunks)
     # Unconstrained sampling only (constrain_audio_tokens=False): over the whole vocabulary.
     generator: torch.Generator | None = None
     seen_all: torch.Tensor | None = None  # [V] bool
@@ -65,6 +70,8 @@ class LocalBatchedLM:
         max_len: Cache positions per slot (prompt + generated tokens).
         name: For thread names and logs.
         align_frames: Admit new jobs at the batch's frame boundary (see the module docstring).
+        prefill_chunk: Prompts longer than this are prefilled in chunks of it, one chunk per
+            iteration between decode steps, so a long prompt does not stall the others.
         cuda_graphs: Capture one CUDA graph of the decode step per batch-size bucket
             (:data:`~pipecat_localtts.engine.llama.GRAPH_BUCKETS` up to ``max_batch``) at
             start; a step is padded up to its bucket. ``None``: on CUDA. A failed capture
@@ -80,8 +87,12 @@ class LocalBatchedLM:
         max_len: int,
         name: str = "lm",
         align_frames: bool = True,
+        prefill_chunk: int = 128,
         cuda_graphs: bool | None = None,
     ) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.layout = layout
         self.max_batch = max_batch
         self.name = name
@@ -93,7 +104,8 @@ class LocalBatchedLM:
         self._seen = self._head.new_seen(max_batch)  # [S, union]: tokens each slot has made
         self._free = list(range(max_batch))  # lowest first: busy slots stay packed low
         self._waiting: deque[Job] = deque()
-        self._rows: list[_Row] = []
+        self._rows: list[_Row] = []  # decoding
+        self._prefilling: list[_Row] = []  # long prompts going into the cache chunk by chunk
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._sink: TokenSink | None = None
@@ -142,7 +154,7 @@ class LocalBatchedLM:
         with self._cv:
             self._closed = True
             thread, self._thread = self._thread, None
-            for job in list(self._waiting) + [row.job for row in self._rows]:
+            for job in self._jobs():
                 job.req.cancel()
             self._cv.notify_all()
         if thread is not None:
@@ -150,9 +162,10 @@ class LocalBatchedLM:
             if thread.is_alive():
                 logger.warning("engine: the LM thread did not stop in time; ending its requests")
         with self._cv:
-            leftovers = list(self._waiting) + [row.job for row in self._rows]
+            leftovers = self._jobs()
             self._waiting.clear()
             self._rows.clear()
+            self._prefilling.clear()
         return leftovers
 
     @property
@@ -162,11 +175,14 @@ class LocalBatchedLM:
     @property
     def busy(self) -> bool:
         with self._cv:
-            return bool(self._waiting or self._rows)
+            return bool(self._waiting or self._rows or self._prefilling)
 
     @property
     def active(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + len(self._prefilling)
+
+    def _jobs(self) -> list[Job]:
+        return list(self._waiting) + [row.job for row in self._prefilling + self._rows]
 
     @property
     def waiting(self) -> int:
@@ -177,7 +193,7 @@ class LocalBatchedLM:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not (self._closed or self._waiting or self._rows):
+                while not (self._closed or self._waiting or self._rows or self._prefilling):
                     self._cv.wait()
                 if self._closed:
                     return
@@ -185,7 +201,7 @@ class LocalBatchedLM:
                 self._step()
             except Exception:  # a bug in the loop itself: fail what is active, live on
                 logger.exception("engine: scheduler step failed")
-                self._fail(list(self._rows), "scheduler step failed")
+                self._fail(self._prefilling + self._rows, "scheduler step failed")
 
     def _may_admit(self) -> bool:
         """Whether a new job may join before this step (frame alignment)."""
@@ -200,7 +216,7 @@ class LocalBatchedLM:
         """One iteration: leave, admit + prefill, one batched decode step, hand out tokens."""
         assert self._sink is not None
         # 1. leave: cancelled rows go before the step; cancelled waiting jobs end now
-        for row in [r for r in self._rows if r.job.req.cancelled]:
+        for row in [r for r in self._rows + self._prefilling if r.job.req.cancelled]:
             self._leave(row)
             self._sink.on_end(row.job, "cancelled")
         with self._cv:
@@ -211,6 +227,7 @@ class LocalBatchedLM:
             self._sink.on_end(job, "cancelled")
         # 2. admit in FIFO order while slots are free; prefill each at once
         if self._may_admit():
+            admitted: list[_Row] = []
             while True:
                 with self._cv:
                     if not self._waiting or not self._free:
@@ -220,7 +237,18 @@ class LocalBatchedLM:
                         self._sink.on_end(job, "cancelled")
                         continue
                     slot = self._free.pop(0)
-                self._prefill(job, slot)
+                row = self._admit(job, slot)
+                if row is not None:
+                    admitted.append(row)
+            if len(admitted) == 1:
+                self._prefill(admitted[0])
+            elif admitted:
+                self._prefill_together(admitted)
+        # 2b. one more chunk of the oldest long prompt (its last one at a frame boundary)
+        if self._prefilling:
+            row = self._prefilling[0]
+            if len(row.job.req.prompt_ids) - row.prefilled > self.prefill_chunk or self._may_admit():
+                self._prefill(row)
         if not self._rows:
             return
         # 3. one batched decode step over every active row
@@ -243,22 +271,60 @@ class LocalBatchedLM:
             row.job.req.lm_seconds += seconds
             self._hand_out(row, token)
 
-    def _prefill(self, job: Job, slot: int) -> None:
+    def _admit(self, job: Job, slot: int) -> _Row | None:
+        """Give ``job`` its slot; a long prompt starts its chunked prefill now, a short one is
+        returned to be prefilled with the others admitted in this iteration."""
         req = job.req
         req.t_admitted = req.t_start = time.perf_counter()
         row = _Row(job=job, slot=slot)
         self._seen[slot].zero_()
+        if len(req.prompt_ids) > self.prefill_chunk:
+            self._prefilling.append(row)
+            self._prefill(row)
+            return None
+        return row
+
+    def _prefill_together(self, rows: list[_Row]) -> None:
+        """Short prompts admitted together: one forward pass, one sampling call."""
         try:
-            hidden = self._runner.prefill(slot, job.req.prompt_ids)  # [H]
-            token = self._sample(hidden[None], [row])[0]
+            hidden = self._runner.prefill_many([r.slot for r in rows], [r.job.req.prompt_ids for r in rows])
+            tokens = self._sample(hidden, rows)
+        except Exception:
+            logger.opt(exception=True).debug("engine: batched prefill failed; prefilling one by one")
+            for row in rows:  # finds the culprit: each fails or succeeds on its own
+                self._prefill(row)
+            return
+        now = time.perf_counter()
+        for row, token in zip(rows, tokens, strict=True):
+            row.prefilled = len(row.job.req.prompt_ids)
+            row.job.req.steps += 1
+            row.job.req.t_prefilled = now
+            self._rows.append(row)
+            self._hand_out(row, token)
+
+    def _prefill(self, row: _Row) -> None:
+        """Prefill the row's prompt, or its next chunk; after the last, its first token."""
+        req, slot = row.job.req, row.slot
+        ids = req.prompt_ids
+        end = min(len(ids), row.prefilled + self.prefill_chunk) if row in self._prefilling else len(ids)
+        try:
+            hidden = self._runner.prefill(slot, ids[row.prefilled : end], row.prefilled)  # [H]
+            row.prefilled = end
+            token = self._sample(hidden[None], [row])[0] if end == len(ids) else None
         except Exception as e:
             logger.exception(f"engine: prefill of request {req.id} failed")
+            if row in self._prefilling:
+                self._prefilling.remove(row)
             self._runner.free(slot)
             self._free_slot(slot)
-            self._error(job, f"prefill failed: {type(e).__name__}: {e}", e)
+            self._error(row.job, f"prefill failed: {type(e).__name__}: {e}", e)
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
             return
+        if token is None:
+            return  # more chunks to come
+        if row in self._prefilling:
+            self._prefilling.remove(row)
         req.steps += 1
         req.t_prefilled = time.perf_counter()
         self._rows.append(row)
@@ -327,10 +393,11 @@ class LocalBatchedLM:
             self._free.sort()
 
     def _leave(self, row: _Row) -> None:
-        if row in self._rows:
-            self._rows.remove(row)
-            self._runner.free(row.slot)
-            self._free_slot(row.slot)
+        for rows in (self._rows, self._prefilling):
+            if row in rows:
+                rows.remove(row)
+                self._runner.free(row.slot)
+                self._free_slot(row.slot)
 
     def _fail(self, rows: list[_Row], message: str, cause: BaseException | None = None) -> None:
         for row in rows:
