@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import slot_allowed
 
 from pipecat_localtts.engine import batch_sampling as bs
 from pipecat_localtts.engine.sampling import (
@@ -242,17 +243,6 @@ def test_seen_marks_are_per_row_in_the_candidate_layout(head_weight):
     cand = head.candidate_seen(seen, torch.tensor([1, 0]))
     assert cand[0].nonzero().flatten().tolist() == [5]
     assert cand[1].nonzero().flatten().tolist() == [9, STOP_COLUMN]
-
-
-def slot_allowed(position: int) -> torch.Tensor:
-    """The tokens valid at an audio position, over the whole vocabulary (written independently
-    of the sampler): the 4096 codes of the frame slot, and the stop token at slot 0."""
-    mask = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
-    slot = position % 7
-    mask[128266 + 4096 * slot : 128266 + 4096 * (slot + 1)] = True
-    if slot == 0:
-        mask[128258] = True
-    return mask
 
 
 def reference_pick(hidden, weight, bias, position, seen_full, params, seed) -> int:

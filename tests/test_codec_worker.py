@@ -132,12 +132,18 @@ def test_codec_failure_fails_the_request_and_the_worker_goes_on(codec):
     np.testing.assert_allclose(out.pcm(ok), codec.decode(codes), atol=1e-4, rtol=0)
 
 
-def feed_interleaved(worker, reqs, codes):
-    """Frames of several requests, interleaved as the batched LM produces them."""
+def run_interleaved(worker, out, reqs, codes):
+    """Frames of several requests, interleaved as the batched LM produces them, then their
+    ends; waits until every request has finished."""
     for i in range(max(len(c) for c in codes)):
         for req, c in zip(reqs, codes):
             if i < len(c):
                 worker.frame(req, tuple(int(x) for x in c[i]))
+    for req in reqs:
+        worker.end(req, "length")
+    deadline = time.monotonic() + 30
+    while len(out.ended) < len(reqs) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class CountingCodec:
@@ -172,12 +178,7 @@ def test_interleaved_requests_waiting_for_a_busy_codec_get_big_windows_and_exact
     reqs = [request() for _ in range(4)]
     codes = [frames(24, seed=i) for i in range(4)]
     try:
-        feed_interleaved(worker, reqs, codes)
-        for req in reqs:
-            worker.end(req, "length")
-        deadline = time.monotonic() + 30
-        while len(out.ended) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        run_interleaved(worker, out, reqs, codes)
         assert worker.idle
     finally:
         worker.close()
@@ -229,12 +230,7 @@ def test_batched_windows_decode_many_requests_in_one_call_and_a_bad_window_fails
     codes = [frames(12, seed=10 + i) for i in range(4)]
     codes[2][8] = bad_code
     try:
-        feed_interleaved(worker, reqs, codes)
-        for req in reqs:
-            worker.end(req, "length")
-        deadline = time.monotonic() + 30
-        while len(out.ended) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        run_interleaved(worker, out, reqs, codes)
     finally:
         worker.close()
     assert max(len(call) for call in counting.calls) > 1  # several requests' windows in one call

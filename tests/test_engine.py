@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from reference import slot_allowed
 
 from pipecat_localtts.engine.batched import BatchedEngine
 from pipecat_localtts.engine.llama import LlamaRunner
@@ -67,16 +68,6 @@ class Recorder:
 
     def on_done(self, request: Request):
         self.finished.set()
-
-
-def slot_allowed(position: int) -> torch.Tensor:
-    """Reference mask of the tokens allowed at an audio position (written independently)."""
-    mask = torch.zeros(o.VOCAB_SIZE, dtype=torch.bool)
-    slot = position % 7
-    mask[128266 + 4096 * slot : 128266 + 4096 * (slot + 1)] = True
-    if slot == 0:
-        mask[128258] = True
-    return mask
 
 
 @pytest.fixture(scope="module")
