@@ -15,6 +15,12 @@ from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.testing import TINY_SNAC_CONFIG, build_random_snac
 
 
+def Worker(*args, incremental: bool = False, **kwargs) -> CodecWorker:
+    """A worker on windowed streams unless asked (windows are what a GPU batches; the
+    incremental streams a CPU uses are tested where ``incremental=True``)."""
+    return CodecWorker(*args, incremental=incremental, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def codec():
     return SNACCodec(build_random_snac(TINY_SNAC_CONFIG, seed=0))
@@ -59,7 +65,7 @@ def frames(n: int, seed: int = 0) -> np.ndarray:
 def test_frames_waiting_for_a_busy_codec_are_decoded_together_and_exactly(codec):
     out = Collector()
     calls, handle = count_decodes(codec, delay=0.05)
-    worker = CodecWorker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    worker = Worker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
     try:
         req = request()
         codes = frames(20)
@@ -80,7 +86,7 @@ def test_frames_waiting_for_a_busy_codec_are_decoded_together_and_exactly(codec)
 def test_cancelled_request_drops_waiting_frames_and_ends_without_flush(codec):
     out = Collector()
     calls, handle = count_decodes(codec, delay=0.2)
-    worker = CodecWorker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    worker = Worker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
     try:
         req = request()
         for f in frames(4):  # frame 0 becomes final: one (slow) decode starts
@@ -107,7 +113,7 @@ def test_codec_failure_fails_the_request_and_the_worker_goes_on(codec):
         raise RuntimeError("codec blew up")
 
     handle = codec.model.decoder.register_forward_hook(explode)
-    worker = CodecWorker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    worker = Worker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish)
     try:
         req = request()
         for f in frames(5):
@@ -171,10 +177,27 @@ class CountingCodec:
         return self._codec.decode_windows(windows)
 
 
-def test_interleaved_requests_waiting_for_a_busy_codec_get_big_windows_and_exact_audio(codec):
+@pytest.mark.parametrize("incremental", [False, True], ids=["windows", "incremental"])
+def test_interleaved_requests_waiting_for_a_busy_codec_get_big_windows_and_exact_audio(codec, incremental):
     out = Collector()
     counting = CountingCodec(codec, delay=0.05)
-    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    worker = Worker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish, incremental=incremental)
+    if incremental:  # slow the incremental decodes down the same way
+        real = counting._codec.incremental_stream
+
+        def slowed():
+            stream = real()
+            decode = stream.decode_pending
+
+            def slow_decode():
+                time.sleep(0.05)
+                counting.calls.append([stream.frames_pushed])
+                return decode()
+
+            stream.decode_pending = slow_decode
+            return stream
+
+        counting.incremental_stream = slowed
     reqs = [request() for _ in range(4)]
     codes = [frames(24, seed=i) for i in range(4)]
     try:
@@ -185,15 +208,15 @@ def test_interleaved_requests_waiting_for_a_busy_codec_get_big_windows_and_exact
     assert all(out.ended[r.id] == "length" for r in reqs)
     for req, c in zip(reqs, codes):
         np.testing.assert_allclose(out.pcm(req), codec.decode(c), atol=1e-4, rtol=0)
-    # One window per frame would be 4 x 24 windows; waiting frames of each request share windows.
-    assert worker.windows <= 4 * 4, worker.windows
+    # One decode per frame would be 4 x 24; waiting frames of each request share a decode.
+    assert worker.windows <= 4 * 5, worker.windows
     assert worker.decode_calls == len(counting.calls) == worker.windows  # CPU: one window per call
 
 
 def test_a_new_requests_first_window_goes_before_the_others_next_windows(codec):
     out = Collector()
     counting = CountingCodec(codec, delay=0.1)
-    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish)
+    worker = Worker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish)
     old, new = request(), request()
     try:
         for f in frames(4):  # old's first window starts decoding (slowly)
@@ -225,7 +248,7 @@ def test_batched_windows_decode_many_requests_in_one_call_and_a_bad_window_fails
         return bool((window[0] == bad_code).all(dim=1).any())  # a frame of nothing but 4095
 
     counting = CountingCodec(codec, delay=0.05, fail_if=poisoned)
-    worker = CodecWorker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish, batch_windows=True)
+    worker = Worker(counting, frames_per_decode=1, emit=out.emit, finish=out.finish, batch_windows=True)
     reqs = [request() for _ in range(4)]
     codes = [frames(12, seed=10 + i) for i in range(4)]
     codes[2][8] = bad_code
@@ -247,7 +270,7 @@ def test_later_windows_wait_for_a_big_window_unless_the_audio_is_about_to_run_ou
     context frames decoded); below it: every frame as soon as it is final."""
     out = Collector()
     counting = CountingCodec(codec)
-    worker = CodecWorker(
+    worker = Worker(
         counting, frames_per_decode=1, emit=out.emit, finish=out.finish, big_window=6, low_water_s=low_water_s
     )
     req = request()
@@ -267,3 +290,40 @@ def test_later_windows_wait_for_a_big_window_unless_the_audio_is_about_to_run_ou
         assert all(k >= 6 for k in kept[1:-1]), kept  # big windows (the last one is the flush)
     else:
         assert len(kept) > 12 and max(kept[1:-1]) <= 2, kept  # eager: about one frame a window
+
+
+def test_an_incremental_decode_failure_fails_only_its_request(codec, monkeypatch):
+    from pipecat_localtts.codecs.snac_incremental import IncrementalSNACStream
+
+    out = Collector()
+    real = IncrementalSNACStream.decode_pending
+    poisoned: set[int] = set()
+
+    def decode_pending(self):
+        if id(self) in poisoned:
+            raise RuntimeError("codec blew up")
+        return real(self)
+
+    monkeypatch.setattr(IncrementalSNACStream, "decode_pending", decode_pending)
+    real_new = codec.incremental_stream
+    made = []
+
+    def new_stream():
+        stream = real_new()
+        made.append(stream)
+        if len(made) == 2:
+            poisoned.add(id(stream))
+        return stream
+
+    monkeypatch.setattr(codec, "incremental_stream", new_stream)
+    worker = Worker(codec, frames_per_decode=1, emit=out.emit, finish=out.finish, incremental=True)
+    reqs = [request() for _ in range(3)]
+    codes = [frames(9, seed=20 + i) for i in range(3)]
+    try:
+        run_interleaved(worker, out, reqs, codes)
+    finally:
+        worker.close()
+    assert out.ended[reqs[1].id] == "error" and "codec blew up" in str(reqs[1].error) and reqs[1].cancelled
+    for i in (0, 2):
+        assert out.ended[reqs[i].id] == "length"
+        np.testing.assert_allclose(out.pcm(reqs[i]), codec.decode(codes[i]), atol=1e-4, rtol=0)

@@ -378,3 +378,53 @@ def test_the_default_codec_hub_id_not_in_the_cache_is_a_load_error_naming_it(tmp
     message = str(info.value)
     assert "hub id 'hubertsiuzdak/snac_24khz' (offline mode" in message
     assert "local directory containing config.json and pytorch_model.bin" in message
+
+
+# --------------------------------------------------------------------------- incremental == offline
+
+
+@pytest.mark.parametrize("real_size", [False, True], ids=["tiny", "real-size"])
+def test_incremental_stream_matches_offline_for_any_chunking(real_size: bool) -> None:
+    """Every layer carrying its own left context and delaying by its right padding gives the
+    offline decode, from one frame to many, pushed in any pieces (fed-then-decoded too)."""
+    codec = SNACCodec(build_random_snac(SNAC_24KHZ_CONFIG if real_size else TINY_SNAC_CONFIG, seed=0))
+    for n in (1, 2, 5, 17):
+        frames = random_frames(codec, n, seed=n)
+        reference = codec.decode(frames)
+        for chunks in ([1] * n, [n], [3, 2, 7, 1, 9]):
+            stream = codec.incremental_stream()
+            out, i = [], 0
+            for k in chunks:
+                if i >= n:
+                    break
+                out.append(stream.push(frames[i : i + k]))
+                i += k
+            if i < n:
+                out.append(stream.push(frames[i:]))
+            assert not stream.finished
+            out.append(stream.flush())
+            assert stream.finished and stream.samples_emitted == reference.size
+            np.testing.assert_allclose(np.concatenate(out), reference, rtol=0, atol=ATOL)
+    # Two-step use (what the codec thread does): feed, then decode whenever; and reuse.
+    stream.reset()
+    frames = random_frames(codec, 6, seed=99)
+    stream.feed(frames[:4])
+    stream.feed(frames[4:])
+    assert stream.frames_due == 6 and stream.has_work
+    first = stream.decode_pending()
+    stream.end()
+    rest = stream.decode_pending()
+    np.testing.assert_allclose(np.concatenate([first, rest]), codec.decode(frames), rtol=0, atol=ATOL)
+    with pytest.raises(RuntimeError, match="reset"):
+        stream.feed(frames[:1])
+    with pytest.raises(ValueError):
+        codec.incremental_stream().feed([[0, 1, 2]])  # wrong shape: nothing consumed
+
+
+def test_incremental_first_audio_needs_one_frame_less_than_a_window() -> None:
+    codec = SNACCodec(build_random_snac(SNAC_24KHZ_CONFIG, seed=0))
+    frames = random_frames(codec, 4, seed=5)
+    inc, win = codec.incremental_stream(), codec.stream()
+    first_inc = next(i for i in range(4) if inc.push(frames[i : i + 1]).size)
+    first_win = next(i for i in range(4) if win.push(frames[i : i + 1]).size)
+    assert (first_inc, first_win) == (2, 3)  # audio after frame 2 instead of frame 3

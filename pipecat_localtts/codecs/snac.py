@@ -52,6 +52,8 @@ from pipecat_localtts.errors import ModelLoadError
 if TYPE_CHECKING:  # pragma: no cover
     from snac import SNAC
 
+    from pipecat_localtts.codecs.snac_incremental import IncrementalSNACStream
+
 __all__ = [
     "SNAC_24KHZ_HUB_ID",
     "SNAC_24KHZ_CONFIG",
@@ -757,6 +759,14 @@ class SNACCodec:
     def lookahead_frames(self) -> int:
         """Frames that must follow a frame before its audio is final (:attr:`context_frames`)."""
         return self.context_frames
+
+    def incremental_stream(self) -> IncrementalSNACStream:
+        """An incremental streaming decoder for one utterance (no recomputed context; see
+        :mod:`~pipecat_localtts.codecs.snac_incremental`): about half the work of the
+        windowed stream per utterance, one stream per call (no cross-stream batching)."""
+        from pipecat_localtts.codecs.snac_incremental import IncrementalSNACStream
+
+        return IncrementalSNACStream(self)
 
     def stream(self, *, frames_per_decode: int = 1) -> SNACStream:
         """Starts a streaming decoder for one utterance (reusable via ``reset``).

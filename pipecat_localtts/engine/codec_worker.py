@@ -16,6 +16,9 @@ amortisation). Which windows go first:
   has ended. A request comfortably ahead, or already behind real time (an overloaded
   machine, where bigger windows are what lets everybody catch up), waits for a big window,
   so context frames are decoded less often;
+* on a CPU each request is decoded incrementally (``SNACCodec.incremental_stream``: every
+  layer keeps the tail of its input, nothing is recomputed, about half the work of windows;
+  the first audio needs one frame less) by the same rules, all of its waiting frames at once;
 * then, on a GPU, all due windows in one batched call (``SNACCodec.decode_windows``: one
   forward pass per window length, each row with its own noise positions); on a CPU, where a
   batched convolution costs the sum of its rows, one window at a time, the stream with the
@@ -83,6 +86,9 @@ class CodecWorker:
         threads: CPU threads for codec work on this thread (``None``: PyTorch's default).
         batch_windows: Decode all due windows of all requests in one batched call (``None``:
             on a GPU only; see the module docstring).
+        incremental: Decode each request incrementally (the codec's ``incremental_stream``:
+            no recomputed context, about half the work) instead of in windows (``None``: when
+            windows are not batched, i.e. on a CPU, and the codec has it).
         big_window: Frames due at which a window is decoded whatever the request's timing.
         low_water_s: Audio ahead of real time below which a request's due frames are
             decoded at once.
@@ -100,10 +106,14 @@ class CodecWorker:
         batch_windows: bool | None = None,
         big_window: int = 12,
         low_water_s: float = 0.4,
+        incremental: bool | None = None,
     ) -> None:
         self.codec = codec
         self.frames_per_decode = frames_per_decode
         self.batch_windows = codec.device.type == "cuda" if batch_windows is None else bool(batch_windows)
+        if incremental is None:
+            incremental = not self.batch_windows and hasattr(codec, "incremental_stream")
+        self.incremental = bool(incremental)
         self.big_window = max(1, int(big_window), int(frames_per_decode))
         self.low_water_s = float(low_water_s)
         self._emit = emit
@@ -181,8 +191,7 @@ class CodecWorker:
                 if req.cancelled or req.error is not None:
                     return False  # frames nobody will hear
                 if job is None:
-                    stream = self.codec.stream(frames_per_decode=self.frames_per_decode)
-                    job = self._jobs[req.id] = _Job(req, stream)
+                    job = self._jobs[req.id] = _Job(req, self._new_stream())
                 if job.end_reason is None:
                     try:
                         job.stream.feed(np.asarray([payload], dtype=np.int64))
@@ -190,7 +199,7 @@ class CodecWorker:
                         self._fail(job, e)
             else:
                 if job is None:  # no audio at all: end it now
-                    job = self._jobs[req.id] = _Job(req, self.codec.stream(frames_per_decode=self.frames_per_decode))
+                    job = self._jobs[req.id] = _Job(req, self._new_stream())
                 job.end_reason = payload
                 if payload in ("stop", "length") and not job.dropped():
                     job.stream.end()  # the last frames become due, with the context there is
@@ -199,11 +208,17 @@ class CodecWorker:
         finally:
             self._queue.task_done()
 
-    def _due(self) -> tuple[list[tuple[_Job, CodecWindow]], float | None]:
+    def _new_stream(self) -> Any:
+        if self.incremental:
+            return self.codec.incremental_stream()  # type: ignore[attr-defined]
+        return self.codec.stream(frames_per_decode=self.frames_per_decode)
+
+    def _due(self) -> tuple[list[tuple[_Job, CodecWindow | None]], float | None]:
         """Every job's next window, for the jobs whose window is due and worth decoding now;
         and how long to wait at most for input before a held-back window becomes worth it
         (``None``: nothing held back)."""
         out = []
+        spare = []  # first frames that cannot give audio yet: decoded only when nothing else is due
         wake: float | None = None
         now = time.perf_counter()
         rate = self.codec.sample_rate
@@ -211,7 +226,7 @@ class CodecWorker:
             if job.dropped():
                 continue
             stream = job.stream
-            if stream.frames_due == 0:
+            if stream.frames_due == 0 and not (self.incremental and stream.has_work):
                 continue
             if not (job.flushing or stream.samples_emitted == 0 or stream.frames_due >= self.big_window):
                 ahead = job.ahead(now, rate)
@@ -220,12 +235,16 @@ class CodecWorker:
                         until = ahead - self.low_water_s
                         wake = until if wake is None else min(wake, until)
                     continue
+            if self.incremental:  # all fed frames in one incremental pass
+                early = stream.samples_emitted == 0 and stream.frames_due < stream.first_audio_frames
+                (spare if early and not job.flushing else out).append((job, None))
+                continue
             window = stream.pending_window()
             if window is not None:
                 out.append((job, window))
         if wake is not None:
             wake = min(max(wake, 0.002), 0.25)
-        return out, wake
+        return out or spare, wake
 
     def _choose(self, due: list[tuple[_Job, CodecWindow]]) -> list[tuple[_Job, CodecWindow]]:
         """The windows to decode now (see the module docstring)."""
@@ -237,7 +256,11 @@ class CodecWorker:
         rate = self.codec.sample_rate
         return [min(pool, key=lambda d: d[0].ahead(now, rate))]
 
-    def _decode(self, chosen: list[tuple[_Job, CodecWindow]], cuda_stream: Any) -> None:
+    def _decode(self, chosen: list[tuple[_Job, CodecWindow | None]], cuda_stream: Any) -> None:
+        if self.incremental:
+            for job, _ in chosen:
+                self._decode_incremental(job)
+            return
         t0 = time.perf_counter()
         try:
             if cuda_stream is not None:
@@ -267,6 +290,22 @@ class CodecWorker:
                 if req.t_first_window is None:
                     req.t_first_window = t0
                 self._emit(req, out)
+
+    def _decode_incremental(self, job: _Job) -> None:
+        req = job.req
+        t0 = time.perf_counter()
+        try:
+            out = job.stream.decode_pending()
+        except Exception as e:
+            self._fail(job, e)
+            return
+        self.windows += 1
+        self.decode_calls += 1
+        req.codec_seconds += time.perf_counter() - t0
+        if out.size:
+            if req.t_first_window is None:
+                req.t_first_window = t0
+            self._emit(req, out)
 
     def _fail(self, job: _Job, e: BaseException) -> None:
         req = job.req
