@@ -277,3 +277,20 @@ def test_the_engine_keeps_no_text_and_samples_unconstrained_rows(model):
     finally:
         engine.close()
     assert threading.active_count() < 50
+
+
+def test_requests_spread_over_codec_threads_each_get_their_solo_audio(model):
+    solo = [_solo(model, i) for i in range(4)]
+    engine = BatchedEngine(model, max_tokens=256, max_batch=4, codec_workers=2)
+    engine.start()
+    try:
+        sinks = [BlockingSink() for _ in range(4)]
+        reqs = [engine.submit(TEXTS[i], "tara", _params(i), sinks[i]) for i in range(4)]
+        audio = [_collect(r, s) for r, s in zip(reqs, sinks, strict=True)]
+        windows = [codec.windows for codec in engine._codecs]
+    finally:
+        engine.close()
+    assert len(windows) == 2 and min(windows) > 0  # both codec threads decoded
+    for i, req in enumerate(reqs):
+        assert req.tokens == solo[i][0]
+        assert np.abs(_int16(audio[i]) - _int16(solo[i][1])).max() <= 4

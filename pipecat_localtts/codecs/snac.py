@@ -164,23 +164,26 @@ class PositionalNoiseBlock(nn.Module):
         self.offset: int | Sequence[int] | torch.Tensor = 0
         self._cache: OrderedDict[tuple[int, torch.device, torch.dtype], torch.Tensor] = OrderedDict()
         self._capacity = NOISE_CACHE_BLOCKS
+        self._cache_lock = threading.Lock()  # incremental streams read noise from several threads
 
     def extra_repr(self) -> str:
         return f"layer_index={self.layer_index}, upsample={self.upsample}, seed={self.seed}"
 
     def _block(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (index, device, dtype)
-        block = self._cache.get(key)
-        if block is not None:
-            self._cache.move_to_end(key)
-            return block
+        with self._cache_lock:
+            block = self._cache.get(key)
+            if block is not None:
+                self._cache.move_to_end(key)
+                return block
         gen = torch.Generator(device="cpu")
         gen.manual_seed(_mix_seed(self.seed, self.layer_index, index))
         block = torch.randn(NOISE_BLOCK_SIZE, generator=gen, dtype=torch.float32)  # [BS]
         block = block.to(device=device, dtype=dtype)
-        self._cache[key] = block
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[key] = block
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
         return block
 
     def noise(self, start: int, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
