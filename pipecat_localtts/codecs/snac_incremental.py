@@ -193,7 +193,10 @@ class IncrementalSNACStream:
 
     Driven like :class:`~pipecat_localtts.codecs.snac.SNACStream` on its own (:meth:`push`,
     :meth:`flush`) or by a worker in two steps: :meth:`feed` frames (and :meth:`end`), then
-    :meth:`decode_pending` when it suits the worker (all fed frames in one pass).
+    :meth:`decode_pending` when it suits the worker (all fed frames in one pass). It has no
+    windows (:meth:`pending_window` is always ``None``, there is no ``accept``), so it cannot
+    share a batched ``decode_windows`` call: the codec thread uses it when windows are not
+    batched (CPU) and calls :meth:`decode_pending` per request.
 
     Args:
         codec: The codec whose model is decoded (its speed-ups and positional noise).

@@ -401,16 +401,16 @@ class LlamaRunner:
         longest = max(lengths[s] for s in rows) + 1
         if longest > self.max_len:
             raise ValueError(f"cannot decode slots {rows}: a cache is full ({self.max_len} positions)")
+        static = next((self._static[b] for b in sorted(self._static) if b >= hi), None)
+        if static is not None:  # the bucket's fixed-shape step (a CUDA graph on a GPU)
+            hidden = static.run(rows, tokens, lengths)
+            self.cache.advance(rows)
+            return hidden
         window = min(self.max_len, -(-longest // self.attend_block) * self.attend_block)
         # One small host->device copy: each row's slot, then the lengths of slots lo..hi-1.
         host = torch.tensor(rows + lengths[lo:hi], dtype=torch.long)
         host = host.to(self.device, non_blocking=True)
         packed = rows == list(range(lo, hi))  # rows are the range itself: no scatter
-        static = next((self._static[b] for b in sorted(self._static) if b >= hi), None)
-        if static is not None:
-            hidden = static.run(rows, tokens, lengths)
-            self.cache.advance(rows)
-            return hidden
         b = len(rows)
         hidden = self._decode_step(tokens, host[:b], host[b:], lo, window, packed)
         self.cache.advance(rows)
