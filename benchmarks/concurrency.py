@@ -209,6 +209,52 @@ def lm_steps(model, batch_sizes: list[int], steps: int = 30) -> list[dict]:
     return rows
 
 
+@torch.inference_mode()
+def cpu_ceiling(model, n: int, measured_n1: float, repeats: int = 3) -> dict:
+    """The most audio per wall second N calls can get from this CPU, whatever the scheduling.
+
+    At N calls every frame costs its share of a batched LM step plus one codec decode, and all
+    of it has to fit on the machine's cores. Measured here on one thread (the cost of the work
+    itself): the batched step at batch N (``7`` steps make a frame for each of the N rows) and
+    the exact incremental codec decode per frame (pieces of 4 frames, its best case). Ceiling =
+    cores / (thread-seconds of work per audio second), with the cores assumed perfectly
+    parallel; the ratio to the measured N=1 throughput is the best the N=8-over-N=1 target can
+    reach on this machine. At N=1 the codec runs beside the LM on the otherwise idle core, so
+    the measured N=1 figure is LM-bound while the ceiling at N counts the codec in full.
+    """
+    threads = torch.get_num_threads()
+    layout = model.token_layout
+    per_frame = model.codec.samples_per_frame / model.codec.sample_rate  # audio seconds
+    g = torch.Generator().manual_seed(0)
+    frames = [
+        [int(t) for t in torch.randint(0, 4096, (layout.tokens_per_frame,), generator=g)] for _ in range(24)
+    ]
+    torch.set_num_threads(1)
+    try:
+        step = statistics.median(lm_steps(model, [n], steps=20)[0]["step_ms"] for _ in range(repeats))
+        codec = []
+        for _ in range(repeats):
+            stream = model.codec.incremental_stream()
+            t0 = time.perf_counter()
+            for i in range(0, len(frames), 4):
+                stream.push(frames[i : i + 4])
+            stream.flush()
+            codec.append(1000 * (time.perf_counter() - t0) / len(frames))
+        codec_ms = statistics.median(codec)
+    finally:
+        torch.set_num_threads(threads)
+    work_ms = layout.tokens_per_frame * step / n + codec_ms  # thread-ms per frame of one call
+    ceiling = threads * per_frame * 1000 / work_ms
+    return {
+        "calls": n,
+        "lm_step_ms_1_thread": step,
+        "codec_ms_per_frame_1_thread": codec_ms,
+        "thread_ms_per_frame": work_ms,
+        "ceiling_audio_per_wall_s": ceiling,
+        "ceiling_over_measured_n1": ceiling / measured_n1 if measured_n1 else None,
+    }
+
+
 def _plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -271,6 +317,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{design:9} N={n:3}  aggregate {row['aggregate_audio_per_wall_s']:.3f} audio s/s  "
                 f"per-call RTF {row['per_call_rtf_mean']:.2f}  TTFA p50 {row['ttfa_p50_ms']:.0f} ms "
                 f"p95 {row['ttfa_p95_ms']:.0f} ms",
+                flush=True,
+            )
+    batched = {r["calls"]: r for r in results["designs"].get("batched", [])}
+    if args.device == "cpu" and 1 in batched:
+        n1 = batched[1]["aggregate_audio_per_wall_s"]
+        results["cpu_ceiling"] = [cpu_ceiling(model, n, n1) for n in calls if n > 1]
+        for row in results["cpu_ceiling"]:
+            print(
+                f"ceiling   N={row['calls']:3}  {row['ceiling_audio_per_wall_s']:.2f} audio s/s at most on "
+                f"{torch.get_num_threads()} perfectly parallel cores (LM step {row['lm_step_ms_1_thread']:.1f} ms at "
+                f"B={row['calls']}, codec {row['codec_ms_per_frame_1_thread']:.1f} ms/frame, one thread each) = "
+                f"{row['ceiling_over_measured_n1']:.2f}x the measured N=1",
                 flush=True,
             )
     out = Path(args.out)
