@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -819,3 +819,38 @@ def is_speakable(text: str) -> bool:
     if _TAG_RE.search(text):
         return True
     return any(c.isalnum() for c in text)
+
+
+def well_formed(text: str) -> str:
+    """``text`` as valid Unicode: a Python str may hold lone surrogates, UTF-8 (and so a
+    tokenizer) cannot. A split pair becomes its character again, a lone half U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def middle_cut(text: str) -> int:
+    """Where to halve ``text`` (0 < cut < len): the space nearest its middle, else the
+    grapheme boundary nearest it, else (one grapheme of many code points) the middle."""
+    assert len(text) > 1
+    middle = len(text) // 2
+    cuts = [i for i in range(1, len(text)) if text[i].isspace()]
+    if not cuts:
+        cuts = [m.end() for m in regex.finditer(r"\X", text)][:-1]
+    return min(cuts, key=lambda i: abs(i - middle)) if cuts else middle
+
+
+def fit_pieces(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """``text`` halved (at a space where it has one) until every piece ``fits``.
+
+    Chunks are bounded in characters, but one character can be several tokens (up to 4
+    byte-level tokens for emoji or rare CJK), so a chunk's prompt can still exceed a token
+    budget; ``fits`` says whether a piece's prompt is within it. A single code point is
+    returned as it is.
+    """
+    if len(text) <= 1 or fits(text):
+        return [text]
+    cut = middle_cut(text)
+    return fit_pieces(text[:cut].rstrip(), fits) + fit_pieces(text[cut:].lstrip(), fits)

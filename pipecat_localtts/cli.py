@@ -1,12 +1,14 @@
-"""Command line: ``pipecat-localtts say "TEXT" --out FILE.wav``.
+"""Command line: ``pipecat-localtts say "TEXT" --out FILE.wav``, ``serve``, ``bench``.
 
-Runs the same engine the Pipecat service uses, without a pipeline: the text is chunked like a
-``TTSSpeakFrame`` and the utterances are written one after another to a 24 kHz mono WAV.
+``say`` runs the same engine the Pipecat service uses, without a pipeline: the text is chunked
+like a ``TTSSpeakFrame`` and the utterances are written one after another to a 24 kHz mono WAV.
+``serve`` runs the TTS server (:mod:`pipecat_localtts.server`) on one shared engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import wave
@@ -40,7 +42,138 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
     say.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     say.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    serve = sub.add_parser("serve", help="run the TTS server (OpenAI-compatible HTTP + WebSocket)")
+    serve.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_ID,
+        help=f"hub id or local directory (default {DEFAULT_MODEL_ID}); '{TINY}' = tiny random model",
+    )
+    serve.add_argument("--voice", default=None, help="default voice (default: the model's first)")
+    serve.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("LOCALTTS_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on every request (default: $LOCALTTS_API_KEY; none if unset)",
+    )
+    serve.add_argument("--max-streams", type=_positive, default=None, help="concurrent generations (default 4 x max batch)")
+    serve.add_argument("--max-chars", type=_positive, default=4096, help="characters per text (default 4096; 413 above)")
+    serve.add_argument("--max-batch", type=_positive, default=None, help="engine slots (default per device: cpu 8, cuda 64)")
+    serve.add_argument(
+        "--max-buffer-seconds",
+        type=float,
+        default=30.0,
+        help="audio a client may leave unread before its stream is cut off (default 30)",
+    )
+    serve.add_argument(
+        "--client-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a client may take to accept a piece of audio before it is cut off (default 20)",
+    )
+    serve.add_argument(
+        "--voice-alias",
+        action="append",
+        default=[],
+        metavar="NAME=VOICE",
+        help="accept NAME as VOICE (repeatable; OpenAI's voice names map to Orpheus voices by default)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _load_model(name: str, device: str | None):
+    from pipecat_localtts.models.orpheus import load_orpheus
+    from pipecat_localtts.testing import tiny_orpheus
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LocalTTSError("--device cuda: no CUDA device is available here; use --device cpu")
+    if name == TINY:
+        print(
+            "note: --model tiny is a synthetic model with random weights: the audio is noise, "
+            "useful only to check the plumbing.",
+            file=sys.stderr,
+        )
+        return tiny_orpheus(device=device)
+    return load_orpheus(name, device=device)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipecat_localtts.engine.batched import DEFAULT_MAX_BATCH, BatchedEngine
+    from pipecat_localtts.server.app import OPENAI_VOICES, ServerConfig, create_app
+
+    aliases = dict(OPENAI_VOICES)
+    for item in args.voice_alias:
+        name, sep, voice = item.partition("=")
+        if not sep or not name or not voice:
+            raise LocalTTSError(f"--voice-alias needs NAME=VOICE, got {item!r}")
+        aliases[name] = voice
+    for name in ("max_buffer_seconds", "client_timeout"):
+        if not getattr(args, name) > 0:
+            raise LocalTTSError(f"--{name.replace('_', '-')} must be > 0")
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    max_batch = args.max_batch or DEFAULT_MAX_BATCH.get(device, 8)
+    config = ServerConfig(
+        model_name=args.model,
+        voice=args.voice,
+        api_key=args.api_key or None,
+        max_streams=args.max_streams or 4 * max_batch,
+        max_chars=args.max_chars,
+        max_buffer_seconds=args.max_buffer_seconds,
+        client_timeout=args.client_timeout,
+        voice_aliases=aliases,
+    )
+
+    def load() -> BatchedEngine:
+        model = _load_model(args.model, args.device)
+        if args.voice is not None:
+            model.check_voice(args.voice)
+        engine = BatchedEngine(model, max_batch=max_batch, max_tokens=config.params.max_tokens)
+        engine.start()
+        return engine
+
+    app = create_app(load, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            ws_max_size=config.max_body_bytes,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    failed: list[BaseException] = []
+
+    def on_load_failed(error: BaseException) -> None:
+        failed.append(error)
+        server.should_exit = True
+
+    app.state.tts.on_load_failed = on_load_failed
+    server.run()
+    if failed:
+        print(f"error: the model could not be loaded: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _say(args: argparse.Namespace) -> int:
@@ -48,23 +181,8 @@ def _say(args: argparse.Namespace) -> int:
     from pipecat_localtts.engine.batched import BatchedEngine
     from pipecat_localtts.engine.request import BlockingSink
     from pipecat_localtts.engine.sampling import GenerationParams
-    from pipecat_localtts.models.orpheus import load_orpheus
-    from pipecat_localtts.testing import tiny_orpheus
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise LocalTTSError("--device cuda: no CUDA device is available here; use --device cpu")
-    if args.model == TINY:
-        print(
-            "note: --model tiny is a synthetic model with random weights: the audio is noise, "
-            "useful only to check the plumbing.",
-            file=sys.stderr,
-        )
-        model = tiny_orpheus(device=args.device)
-    else:
-        model = load_orpheus(args.model, device=args.device)
+    model = _load_model(args.model, args.device)
     model.check_voice(args.voice)
     chunks = [c for c in split_text(args.text) if is_speakable(c)]
     if not chunks:
@@ -112,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logger.remove()
     # Resolve sys.stderr at each write, so a replaced stream (tests, wrappers) is followed.
-    logger.add(lambda message: sys.stderr.write(message), level="DEBUG" if args.verbose else "WARNING")
+    logger.add(lambda message: sys.stderr.write(message), level="DEBUG" if args.verbose else ("INFO" if args.command == "serve" else "WARNING"))
     try:
-        return _say(args)
+        return _serve(args) if args.command == "serve" else _say(args)
     except LocalTTSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

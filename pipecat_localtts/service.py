@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import regex
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
@@ -34,7 +33,7 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 
 from pipecat_localtts.audio import EdgeFade
 from pipecat_localtts.aggregator import AdaptiveTextAggregator
-from pipecat_localtts.chunking import ChunkerConfig, is_speakable, split_text, text_width
+from pipecat_localtts.chunking import ChunkerConfig, fit_pieces, is_speakable, split_text, text_width, well_formed
 from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
 from pipecat_localtts.engine.request import Request
 from pipecat_localtts.engine.shared import ENGINES, MODELS
@@ -60,27 +59,6 @@ class LocalTTSSettings(TTSSettings):
 async def _drop_unspeakable(text: str, text_type: str) -> str:
     """Text transform: nothing to say (punctuation, emoji, whitespace) becomes no request."""
     return text if is_speakable(text) else ""
-
-
-def _well_formed(text: str) -> str:
-    """``text`` as valid Unicode: a Python str may hold lone surrogates, UTF-8 (and so the
-    tokenizer) cannot. A split pair becomes its character again, a lone half U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _middle_cut(text: str) -> int:
-    """Where to halve ``text`` (0 < cut < len): the space nearest its middle, else the
-    grapheme boundary nearest it, else (one grapheme of many code points) the middle."""
-    assert len(text) > 1
-    middle = len(text) // 2
-    cuts = [i for i in range(1, len(text)) if text[i].isspace()]
-    if not cuts:
-        cuts = [m.end() for m in regex.finditer(r"\X", text)][:-1]
-    return min(cuts, key=lambda i: abs(i - middle)) if cuts else middle
 
 
 class _AsyncSink:
@@ -379,7 +357,7 @@ class LocalTTSService(TTSService):
 
     def _requests(self, text: str, context_id: str) -> list[str]:
         """The texts of the engine requests for ``text``: chunks, each a prompt that fits."""
-        text = _well_formed(text)
+        text = well_formed(text)
         # Aggregated LLM text is already chunked; a long TTSSpeakFrame text is not.
         long = text_width(text) > self._chunking.max_chunk_chars
         chunks = split_text(text, self._chunking) if long else [text]
@@ -402,10 +380,8 @@ class LocalTTSService(TTSService):
         """
         if self._model is None:  # not loaded: _submit says so
             return [text]
-        if len(self._model.build_prompt(text, str(self._settings.voice))) <= PROMPT_BUDGET:
-            return [text]
-        cut = _middle_cut(text)  # a single code point always fits: len(text) > 1
-        return self._fit_prompt(text[:cut].rstrip()) + self._fit_prompt(text[cut:].lstrip())
+        model, voice = self._model, str(self._settings.voice)
+        return fit_pieces(text, lambda piece: len(model.build_prompt(piece, voice)) <= PROMPT_BUDGET)
 
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
