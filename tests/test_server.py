@@ -257,8 +257,8 @@ def test_a_client_that_never_reads_is_cut_off_and_disturbs_no_other():
             slow = [r for r in server.tts.recent if r.finish_reason == "cancelled"]
             assert slow, "the stalled client's generation was not cancelled"
             assert server.metric("localtts_streams_total", api="http", outcome="slow_client") == 1
-            # Its buffered audio stayed bounded: the cap plus at most one decoded piece.
-            assert 0 < server.tts.peak_buffered <= 2.0 * 24000 + 4 * 2048
+            # Its buffered audio stayed bounded: the cap, plus the one piece that crossed it.
+            assert server.tts.peak_buffered > 0 and server.tts.peak_overshoot <= 2.0 * 24000
             assert time.monotonic() - t0 < 30
         finally:
             stalled.close()

@@ -137,6 +137,7 @@ class TTSServer:
         self.load_error: BaseException | None = None
         self.streams = 0
         self.peak_buffered = 0  # samples: the most any stream held for a slow client
+        self.peak_overshoot = 0  # samples: the most any stream held beyond its cap's last piece
         self.metrics = _Metrics(self)
         self.recent: deque[Request] = deque(maxlen=512)  # engine requests (no text), for tests and debugging
         self.on_load_failed: Callable[[BaseException], None] | None = None
@@ -254,6 +255,7 @@ class TTSServer:
         stream.cancel()  # whatever is still at the engine stops
         self._open.discard(stream)
         self.peak_buffered = max(self.peak_buffered, stream.peak_buffered)
+        self.peak_overshoot = max(self.peak_overshoot, stream.peak_buffered - stream.largest_piece)
         self.streams -= 1
         self.metrics.streams.set(self.streams)
         self.metrics.finished.labels(api, outcome).inc()

@@ -104,6 +104,7 @@ class SpeechStream:
         self._wake = asyncio.Event()
         self.buffered = 0  # samples waiting for the client
         self.peak_buffered = 0  # the most that ever waited
+        self.largest_piece = 0  # samples of the largest piece the engine handed over
         self.samples_out = 0  # samples handed to the client
         self.requests: list[Request] = []
         self.t_start = time.perf_counter()
@@ -159,6 +160,7 @@ class SpeechStream:
         utt.pieces.append(pcm)
         self.buffered += pcm.size
         self.peak_buffered = max(self.peak_buffered, self.buffered)
+        self.largest_piece = max(self.largest_piece, pcm.size)
         if self.buffered > self._max_buffer:
             self._overflow = True
             self.cancel()
