@@ -316,13 +316,7 @@ class _AuthMiddleware:
             return await response(scope, receive, send)
         if "websocket.http.response" in scope.get("extensions", {}):
             await receive()  # websocket.connect
-
-            async def deny(message):
-                message = dict(message)
-                message["type"] = "websocket." + message["type"]
-                await send(message)
-
-            return await response(scope, receive, deny)
+            return await response(scope, receive, send)  # a plain HTTP 401 instead of the upgrade
         await receive()
         await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
 
