@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     )
     from pipecat_localtts.models.orpheus import OrpheusModel, load_orpheus
     from pipecat_localtts.service import LocalTTSService
+    from pipecat_localtts.websocket_service import LocalTTSWebsocketService
 
 __all__ = [
     "AdaptiveChunker",
@@ -34,6 +35,7 @@ __all__ = [
     "GenerationParams",
     "LocalTTSError",
     "LocalTTSService",
+    "LocalTTSWebsocketService",
     "ModelLoadError",
     "OrpheusModel",
     "UnknownVoiceError",
@@ -54,6 +56,7 @@ _LAZY = {
     "OrpheusModel": "pipecat_localtts.models.orpheus",
     "load_orpheus": "pipecat_localtts.models.orpheus",
     "LocalTTSService": "pipecat_localtts.service",
+    "LocalTTSWebsocketService": "pipecat_localtts.websocket_service",
 }
 
 

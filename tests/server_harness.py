@@ -43,6 +43,7 @@ class RunningServer:
         load: Callable[[], BatchedEngine] | None = None,
         *,
         sndbuf: int | None = None,
+        port: int = 0,
         wait_ready: bool = True,
         **config: Any,
     ) -> None:
@@ -54,7 +55,7 @@ class RunningServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sndbuf is not None:  # accepted sockets inherit it (Linux)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(
             uvicorn.Config(
