@@ -17,6 +17,8 @@ Environment:
     LIVEKIT_TOKEN        a ready access token for the bot; if unset, one is minted from
     LIVEKIT_API_KEY      ... the API key and
     LIVEKIT_API_SECRET   ... secret (identity "localtts-bot", room-join grant, agent=True)
+    LOCALTTS_SERVER_URL  speak through ``pipecat-localtts serve`` at this URL (LOCALTTS_API_KEY:
+                         its key) instead of a model in this process
     LOCALTTS_MODEL       hub id, local directory or "tiny" (or --model)
     OPENAI_API_KEY       optional: enables the LLM (any OpenAI-compatible server)
     OPENAI_BASE_URL      optional: e.g. http://localhost:11434/v1 for Ollama
@@ -57,6 +59,7 @@ from pipecat.transports.livekit.transport import LiveKitParams, LiveKitTransport
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.websocket_service import remote_tts_from_env
 from pipecat_localtts.testing import model_from_spec
 
 GREETING = "Hello! I am speaking with a local text to speech model. Send me a chat message."
@@ -98,8 +101,12 @@ def livekit_config(
     return LiveKitConfig(url=url, token=token, room=room, user_token=user_token)
 
 
-def build_tts(model: str | object | None = None, *, voice: str = "tara", **kwargs) -> LocalTTSService:
-    """LocalTTSService at SNAC's native 24 kHz (the transport resamples if it must)."""
+def build_tts(model: str | object | None = None, *, voice: str = "tara", **kwargs):
+    """LocalTTSService at SNAC's native 24 kHz (the transport resamples if it must), or,
+    with LOCALTTS_SERVER_URL set, LocalTTSWebsocketService speaking through that server."""
+    remote = remote_tts_from_env(voice=voice, sample_rate=24000)
+    if remote is not None and model is None:
+        return remote
     spec = model if model is not None else os.environ.get("LOCALTTS_MODEL")
     resolved = model_from_spec(spec) if spec is None or isinstance(spec, str) else spec
     return LocalTTSService(model=resolved, voice=voice, sample_rate=24000, **kwargs)

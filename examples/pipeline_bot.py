@@ -18,6 +18,8 @@ Run:
     python examples/pipeline_bot.py --transport local --model tiny  # microphone/speakers (PyAudio)
 
 Environment (all optional):
+    LOCALTTS_SERVER_URL  speak through ``pipecat-localtts serve`` at this URL instead of a model
+                      in this process (LOCALTTS_API_KEY: its key); no model is loaded then
     LOCALTTS_MODEL    hub id, checkpoint directory or "tiny" (``--model`` wins)
     LOCALTTS_VOICE    voice, default tara (``--voice`` wins)
     LOCALTTS_DEVICE   torch device, default CUDA when available (``--device`` wins)
@@ -68,6 +70,7 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.websocket_service import SERVER_URL_ENV, remote_tts_from_env
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError
 from pipecat_localtts.models.orpheus import OrpheusModel, load_orpheus
@@ -130,10 +133,12 @@ class VoiceBot:
     """The pipeline of one conversation on ``transport``; ``await run()`` until it ends."""
 
     def __init__(
-        self, transport: BaseTransport, config: BotConfig, model: OrpheusModel, *, greet_on_connect: bool = True
+        self, transport: BaseTransport, config: BotConfig, model: OrpheusModel | None, *, greet_on_connect: bool = True
     ) -> None:
         self.config = config
-        self.tts = LocalTTSService(model=model, voice=config.voice, params=config.params)
+        self.tts = remote_tts_from_env(voice=config.voice, params=config.params) or LocalTTSService(
+            model=model, voice=config.voice, params=config.params
+        )
         self.llm = self._build_llm(config)
         self.stt = self._build_stt(config)
         user_params = LLMUserAggregatorParams()
@@ -227,7 +232,7 @@ def create_app(config: BotConfig, model: OrpheusModel | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if app.state.model is None:
+        if app.state.model is None and not os.environ.get(SERVER_URL_ENV):
             app.state.model = await asyncio.to_thread(load_model, config.model, config.device)
         yield
         for bot in list(app.state.bots.values()):
@@ -283,7 +288,7 @@ def create_app(config: BotConfig, model: OrpheusModel | None = None) -> FastAPI:
     return app
 
 
-async def run_local(config: BotConfig, model: OrpheusModel) -> None:
+async def run_local(config: BotConfig, model: OrpheusModel | None) -> None:
     """The same bot on the local microphone and speakers (needs PyAudio)."""
     from pipecat.transports.local.audio import (
         LocalAudioTransport,
@@ -316,7 +321,8 @@ def main() -> None:
         f"llm={config.llm_model or 'off (greeting only)'} stt={config.stt_model or 'off'}"
     )
     try:
-        model = load_model(config.model, config.device)
+        # With LOCALTTS_SERVER_URL the server speaks: no model in this process.
+        model = None if os.environ.get(SERVER_URL_ENV) else load_model(config.model, config.device)
     except LocalTTSError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e

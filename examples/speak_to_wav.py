@@ -7,6 +7,8 @@ a tiny random model whose audio is noise (a plumbing check).
 Run:
     python examples/speak_to_wav.py --model tiny --out reply.wav
     python examples/speak_to_wav.py --model /models/orpheus-3b-0.1-ft --voice leah --out reply.wav
+    LOCALTTS_SERVER_URL=http://gpu-box:8000 python examples/speak_to_wav.py --out reply.wav
+        # no model here: speak through ``pipecat-localtts serve`` (key: LOCALTTS_API_KEY)
 
 The text is fed token by token, as an LLM service would, between LLMFullResponseStart/End
 frames; the service's adaptive chunker sends the first clause to the model at once.
@@ -32,6 +34,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.websocket_service import remote_tts_from_env
 
 REPLY = (
     "Sure, I can help with that. <chuckle> Orpheus runs right here on your own machine, "
@@ -69,14 +72,16 @@ async def main() -> None:
     parser.add_argument("--out", default="reply.wav")
     args = parser.parse_args()
 
-    if args.model == "tiny":
-        from pipecat_localtts.testing import tiny_orpheus
+    tts = remote_tts_from_env(voice=args.voice)  # LOCALTTS_SERVER_URL set: the server speaks
+    if tts is None:
+        if args.model == "tiny":
+            from pipecat_localtts.testing import tiny_orpheus
 
-        model = tiny_orpheus()
-    else:
-        model = args.model
-    tts = LocalTTSService(model=model, voice=args.voice)
-    await tts.load()  # pay the load time before the pipeline starts
+            model = tiny_orpheus()
+        else:
+            model = args.model
+        tts = LocalTTSService(model=model, voice=args.voice)
+        await tts.load()  # pay the load time before the pipeline starts
 
     worker = PipelineWorker(Pipeline([tts, WavWriter(args.out)]), params=PipelineParams())
     frames: list[Frame] = [LLMFullResponseStartFrame()]

@@ -27,6 +27,8 @@ Point a Twilio number at it with TwiML such as
 from Twilio, e.g. behind a TLS-terminating proxy or tunnel).
 
 Environment:
+    LOCALTTS_SERVER_URL   speak through ``pipecat-localtts serve`` at this URL instead of a model
+                          in this process (LOCALTTS_API_KEY: its key); LOCALTTS_MODEL is then unused
     LOCALTTS_MODEL        hub id, local directory or ``tiny`` (default: canopylabs/orpheus-3b-0.1-ft)
     LOCALTTS_VOICE        voice (default: tara)
     LOCALTTS_DEVICE       torch device (default: CUDA when available)
@@ -72,6 +74,7 @@ from pipecat.turns.user_turn_processor import UserTurnProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_localtts import LocalTTSService
+from pipecat_localtts.websocket_service import SERVER_URL_ENV, remote_tts_from_env
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.models.orpheus import OrpheusModel, load_orpheus
 from pipecat_localtts.testing import model_from_spec
@@ -108,7 +111,8 @@ async def get_model() -> OrpheusModel:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI):
-    await get_model()  # pay the load time before the first call rings
+    if not os.environ.get(SERVER_URL_ENV):
+        await get_model()  # pay the load time before the first call rings
     yield
 
 
@@ -217,10 +221,10 @@ async def run_call(websocket: WebSocket, stream_sid: str, call_sid: str) -> None
             serializer=serializer,
         ),
     )
-    tts = LocalTTSService(
-        model=await get_model(),
-        voice=os.environ.get("LOCALTTS_VOICE", "tara"),
-        params=GENERATION_PARAMS,
+    voice = os.environ.get("LOCALTTS_VOICE", "tara")
+    # LOCALTTS_SERVER_URL set: speak through that server (no model in this process).
+    tts = remote_tts_from_env(voice=voice, params=GENERATION_PARAMS) or LocalTTSService(
+        model=await get_model(), voice=voice, params=GENERATION_PARAMS
     )
     conversation = conversation_processors()
     if conversation is None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.server.protocol import unpack_audio
 from pipecat_localtts.validation import check_number, check_type
 
-__all__ = ["LocalTTSWebsocketService", "LocalTTSWebsocketSettings"]
+__all__ = ["LocalTTSWebsocketService", "LocalTTSWebsocketSettings", "remote_tts_from_env"]
 
 
 @dataclass
@@ -352,3 +353,21 @@ class LocalTTSWebsocketService(WebsocketTTSService):
             self._failed_contexts.discard(context_id)
             return
         await super()._record_context_audio_outcome(context_id, received_audio)
+
+
+#: The environment variables that switch a bot from an in-process model to a server.
+SERVER_URL_ENV = "LOCALTTS_SERVER_URL"
+SERVER_KEY_ENV = "LOCALTTS_API_KEY"
+
+
+def remote_tts_from_env(
+    *, voice: str = "tara", params: GenerationParams | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> LocalTTSWebsocketService | None:
+    """A :class:`LocalTTSWebsocketService` for ``$LOCALTTS_SERVER_URL`` (key ``$LOCALTTS_API_KEY``),
+    or ``None`` when the variable is unset: the examples' one switch from an in-process model
+    to a shared server."""
+    env = os.environ if env is None else env
+    url = env.get(SERVER_URL_ENV) or None
+    if url is None:
+        return None
+    return LocalTTSWebsocketService(url=url, api_key=env.get(SERVER_KEY_ENV) or None, voice=voice, params=params, **kwargs)
