@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on every request (default: $LOCALTTS_API_KEY; none if unset)",
     )
     serve.add_argument("--max-streams", type=_positive, default=None, help="concurrent generations (default 4 x max batch)")
+    serve.add_argument(
+        "--max-contexts", type=_positive, default=8, help="contexts one WebSocket connection may have speaking (default 8)"
+    )
     serve.add_argument("--max-chars", type=_positive, default=4096, help="characters per text (default 4096; 413 above)")
     serve.add_argument("--max-batch", type=_positive, default=None, help="engine slots (default per device: cpu 8, cuda 64)")
     serve.add_argument(
@@ -132,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or None,
         max_streams=args.max_streams or 4 * max_batch,
         max_chars=args.max_chars,
+        max_contexts=args.max_contexts,
         max_buffer_seconds=args.max_buffer_seconds,
         client_timeout=args.client_timeout,
         voice_aliases=aliases,

@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipecat_localtts"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Modules only an optional part of the package imports, and the extra that provides them.
-OPTIONAL = {"benchmark.py": "bench"}
+OPTIONAL = {
+    "benchmark.py": "bench",
+    "cli.py": "server",  # `serve` imports uvicorn when it runs
+    "server/app.py": "server",
+    "websocket_service.py": "client",
+}
 
 
 def _name(distribution: str) -> str:
@@ -42,8 +47,9 @@ def _imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_imported_third_party_module_is_a_declared_dependency(path):
     declared = set(_requirements())
-    if path.name in OPTIONAL:
-        declared |= set(_requirements(OPTIONAL[path.name]))
+    name = str(path.relative_to(PACKAGE))
+    if name in OPTIONAL:
+        declared |= set(_requirements(OPTIONAL[name]))
     distributions = packages_distributions()
     undeclared = {
         module: distributions.get(module)

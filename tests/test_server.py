@@ -103,7 +103,17 @@ def test_bad_requests_get_a_clear_400_and_the_server_goes_on(server):
     assert ok.status_code == 200 and len(ok.content) > 0
 
 
-def test_client_disconnect_cancels_within_one_step(server):
+@pytest.fixture(scope="module")
+def long_server():
+    # Utterances of up to 30 s of audio, so that the generation is still running when the client
+    # leaves however fast the machine (the tiny model's random speech otherwise ends at the
+    # default guard, a fraction of a second, and a fast machine finishes before the disconnect).
+    with RunningServer(params=GenerationParams(guard_min_seconds=30)) as running:
+        yield running
+
+
+def test_client_disconnect_cancels_within_one_step(long_server):
+    server = long_server
     server.wait_idle()
     before = len(server.tts.recent)
     body = {"model": "tiny", "input": TEXT * 3, "voice": "tara", "response_format": "pcm", "seed": 1}

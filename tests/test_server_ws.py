@@ -108,7 +108,16 @@ async def test_two_contexts_at_once_each_get_their_own_audio(server):
     assert pcm_diff(b, expected_ws(server, ["And the second one speaks too."], 2)) <= 4
 
 
-async def test_interrupt_stops_within_one_step_and_no_audio_follows_the_ack(server):
+@pytest.fixture(scope="module")
+def long_server():
+    # Utterances of up to 30 s of audio: still being generated when the interrupt comes, however
+    # fast the machine.
+    with RunningServer(params=GenerationParams(guard_min_seconds=30)) as running:
+        yield running
+
+
+async def test_interrupt_stops_within_one_step_and_no_audio_follows_the_ack(long_server):
+    server = long_server
     server.wait_idle()
     before = len(server.tts.recent)
     long = ["This is a long answer that the user will interrupt. " * 4]
@@ -189,6 +198,27 @@ async def test_busy_and_auth():
             assert not client.event("done", "d")
             await client.send(type="interrupt", context_id="d")
             await client.until(lambda: client.event("interrupted", "d"))
+
+
+async def test_one_connection_holds_at_most_max_contexts(server):
+    server.wait_idle()
+    limit = server.config.max_contexts
+    async with Client(server.ws_url) as greedy, Client(server.ws_url) as other:
+        for i in range(limit):
+            await greedy.send(type="speak", context_id=f"c{i}", text="Hold", seed=i)  # open, not flushed
+        await greedy.send(type="speak", context_id="over", text="One too many.", flush=True)
+        await greedy.until(lambda: greedy.event("error", "over"))
+        assert greedy.event("error", "over")["code"] == "too_many_contexts"
+        assert server.tts.streams == limit
+        # Another connection is not affected, and the greedy one opens a context once one ends.
+        assert await other.turn("o", ["Fine", " here."], seed=2)
+        await greedy.send(type="interrupt", context_id="c0")
+        await greedy.until(lambda: greedy.event("interrupted", "c0"))
+        assert await greedy.turn("next", ["Now", " it fits."], seed=3)
+        for i in range(1, limit):
+            await greedy.send(type="interrupt", context_id=f"c{i}")
+        await greedy.until(lambda: greedy.event("interrupted", f"c{limit - 1}"))
+    server.wait_idle()
 
 
 async def test_a_websocket_client_that_stops_reading_is_closed_and_disturbs_no_other():

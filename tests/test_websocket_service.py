@@ -72,7 +72,17 @@ async def test_a_streamed_llm_turn_speaks_the_servers_audio_with_metrics(server)
     assert any(type(d).__name__ == "TTSUsageMetricsData" for d in metrics)
 
 
-async def test_barge_in_stops_the_server_and_the_next_turn_speaks(server):
+@pytest.fixture(scope="module")
+def long_server():
+    # Utterances of up to 30 s of audio: the turn is still being generated when the barge-in
+    # comes, however fast the machine (with the default guard the tiny model's random speech
+    # ends after a fraction of a second and a fast machine finishes it all before the interrupt).
+    with RunningServer(api_key="k", params=GenerationParams(guard_min_seconds=30)) as running:
+        yield running
+
+
+async def test_barge_in_stops_the_server_and_the_next_turn_speaks(long_server):
+    server = long_server
     server.wait_idle()
     before = len(server.tts.recent)
     tts = service(server, params=GenerationParams(seed=12, max_tokens=2048))

@@ -39,7 +39,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from fastapi.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pipecat_localtts.chunking import AdaptiveChunker, ChunkerConfig, fit_pieces, is_speakable, split_text, well_formed
 from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
@@ -84,6 +84,7 @@ class ServerConfig:
     api_key: str | None = None
     max_streams: int = 32  # concurrent generations (HTTP requests + WebSocket contexts)
     max_chars: int = 4096  # characters per HTTP input / per WebSocket context
+    max_contexts: int = 8  # contexts one WebSocket connection may have speaking at once
     max_buffer_seconds: float = 30.0  # audio a client may leave unread before it is cut off
     client_timeout: float = 20.0  # seconds a client may take to accept one piece of audio
     retry_after: int = 1  # seconds, in 503 answers
@@ -558,6 +559,13 @@ class _Connection:
             ctx.stream.push(piece)
 
     async def _open(self, cid: str, message: dict) -> _Context | None:
+        if len(self.contexts) >= self.server.config.max_contexts:
+            # One call speaks one turn at a time (two around a barge-in): a connection that
+            # opens more would take the streams every other client shares.
+            await self.error(
+                "too_many_contexts", f"this connection already has {len(self.contexts)} contexts speaking; finish or interrupt one", cid
+            )
+            return None
         try:
             voice = self.server.resolve_voice(message.get("voice"))
             params = self.server.params(message)

@@ -66,6 +66,7 @@ ERROR_CODES = {
     "unknown_voice": "the voice is not one the model knows",
     "too_long": "the context's text is over the server's --max-chars",
     "busy": "the server is at --max-streams concurrent generations; try again shortly",
+    "too_many_contexts": "this connection already has the server's limit of contexts speaking (8 by default)",
     "context_busy": "the context id is in use (flushed and still speaking) or its settings changed",
     "generation_failed": "the engine failed while generating this context",
     "slow_client": "the client did not read its audio in time; the connection is closed",
