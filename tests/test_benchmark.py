@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +73,22 @@ def test_benchmark_suite_runs_and_writes_json_and_plot(tmp_path):
     assert r["machine"]["device"] == "cpu"
     # Sections 1 and 4 ran the engine with one slot, as `say` does.
     assert r["max_batch"] == 1 and r["cache_tokens"] == 512 + 2048 and "compiled" not in r
+
+
+
+@pytest.mark.timeout(240)
+def test_server_benchmark_runs_on_the_tiny_shape(tmp_path):
+    # Both designs deliver every call's audio (the same sentences, the same amount of audio)
+    # and the results hold a row per design and N plus their ratios.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "server.py"
+    cmd = [sys.executable, str(script), "--shape", "tiny", "--calls", "1,2", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads((tmp_path / "server.json").read_text())
+    rows = {(r["design"], r["calls"]): r for r in results["rows"]}
+    assert set(rows) == {(d, n) for d in ("server", "in-process") for n in (1, 2)}
+    for n in (1, 2):
+        server, inproc = rows["server", n], rows["in-process", n]
+        assert server["audio_s"] > 0 and server["audio_s"] == pytest.approx(inproc["audio_s"], rel=0.05)
+        assert server["ttfa_p50_ms"] > 0 and inproc["ttfa_p50_ms"] > 0
+    assert [r["calls"] for r in results["ratios_server_over_inprocess"]] == [1, 2]
