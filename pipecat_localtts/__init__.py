@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from pipecat_localtts.aggregator import AdaptiveTextAggregator
     from pipecat_localtts.chunking import AdaptiveChunker, ChunkerConfig
     from pipecat_localtts.engine.batched import BatchedEngine
+    from pipecat_localtts.engine.remote import RemoteLM
     from pipecat_localtts.engine.sampling import GenerationParams
     from pipecat_localtts.errors import (
         GenerationError,
+        LMServerError,
         LocalTTSError,
         ModelLoadError,
         UnknownVoiceError,
@@ -33,11 +35,13 @@ __all__ = [
     "ChunkerConfig",
     "GenerationError",
     "GenerationParams",
+    "LMServerError",
     "LocalTTSError",
     "LocalTTSService",
     "LocalTTSWebsocketService",
     "ModelLoadError",
     "OrpheusModel",
+    "RemoteLM",
     "UnknownVoiceError",
     "__version__",
     "load_orpheus",
@@ -50,6 +54,8 @@ _LAZY = {
     "BatchedEngine": "pipecat_localtts.engine.batched",
     "GenerationParams": "pipecat_localtts.engine.sampling",
     "GenerationError": "pipecat_localtts.errors",
+    "LMServerError": "pipecat_localtts.errors",
+    "RemoteLM": "pipecat_localtts.engine.remote",
     "LocalTTSError": "pipecat_localtts.errors",
     "ModelLoadError": "pipecat_localtts.errors",
     "UnknownVoiceError": "pipecat_localtts.errors",

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
     say.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     say.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    _lm_arguments(say)
     serve = sub.add_parser("serve", help="run the TTS server (OpenAI-compatible HTTP + WebSocket)")
     serve.add_argument(
         "--model",
@@ -83,7 +84,43 @@ def _parser() -> argparse.ArgumentParser:
         help="accept NAME as VOICE (repeatable; OpenAI's voice names map to Orpheus voices by default)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _lm_arguments(serve)
     return parser
+
+
+def _lm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speech LM on a serving engine: only the tokenizer and the codec load here."""
+    parser.add_argument(
+        "--lm-url",
+        default=None,
+        help="run the speech LM on this llama-server / vLLM (http://host:port); --model then only "
+        "provides the tokenizer and the codec",
+    )
+    parser.add_argument("--lm-kind", default="auto", choices=["auto", "llama.cpp", "vllm"], help="default: ask the server")
+    parser.add_argument("--lm-model", default=None, help="model name on an OpenAI-style server (default: its first)")
+    parser.add_argument(
+        "--lm-api-key",
+        default=os.environ.get("LOCALTTS_LM_API_KEY"),
+        help="bearer token for the LM server (default: $LOCALTTS_LM_API_KEY)",
+    )
+
+
+def _engine(args: argparse.Namespace, model, *, max_batch: int, max_tokens: int):
+    """A started engine: the in-process LM, or the server of ``--lm-url``."""
+    from pipecat_localtts.engine.batched import BatchedEngine
+    from pipecat_localtts.engine.remote import RemoteLM, RemoteTokenSource
+
+    source = None
+    if args.lm_url:
+        remote = RemoteLM(args.lm_url, kind=args.lm_kind, model=args.lm_model, api_key=args.lm_api_key or None)
+        source = RemoteTokenSource(remote, model.token_layout, name=model.name)
+    engine = BatchedEngine(model, max_batch=max_batch, max_tokens=max_tokens, source=source)
+    try:
+        engine.start()
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 def _positive(value: str) -> int:
@@ -93,7 +130,7 @@ def _positive(value: str) -> int:
     return number
 
 
-def _load_model(name: str, device: str | None):
+def _load_model(name: str, device: str | None, *, lm: bool = True):
     from pipecat_localtts.models.orpheus import load_orpheus
     from pipecat_localtts.testing import tiny_orpheus
 
@@ -109,7 +146,7 @@ def _load_model(name: str, device: str | None):
             file=sys.stderr,
         )
         return tiny_orpheus(device=device)
-    return load_orpheus(name, device=device)
+    return load_orpheus(name, device=device, lm=lm)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -142,12 +179,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     def load() -> BatchedEngine:
-        model = _load_model(args.model, args.device)
+        model = _load_model(args.model, args.device, lm=not args.lm_url)
         if args.voice is not None:
             model.check_voice(args.voice)
-        engine = BatchedEngine(model, max_batch=max_batch, max_tokens=config.params.max_tokens)
-        engine.start()
-        return engine
+        return _engine(args, model, max_batch=max_batch, max_tokens=config.params.max_tokens)
 
     app = create_app(load, config)
     server = uvicorn.Server(
@@ -182,19 +217,17 @@ def _cuda() -> bool:
 
 def _say(args: argparse.Namespace) -> int:
     from pipecat_localtts.chunking import is_speakable, split_text
-    from pipecat_localtts.engine.batched import BatchedEngine
     from pipecat_localtts.engine.request import BlockingSink
     from pipecat_localtts.engine.sampling import GenerationParams
 
-    model = _load_model(args.model, args.device)
+    model = _load_model(args.model, args.device, lm=not args.lm_url)
     model.check_voice(args.voice)
     chunks = [c for c in split_text(args.text) if is_speakable(c)]
     if not chunks:
         raise LocalTTSError("nothing to say: the text has no letters or digits")
     params = GenerationParams(seed=args.seed)
     # One request at a time, in order: one slot is all the utterances need.
-    engine = BatchedEngine(model, max_batch=1, max_tokens=params.max_tokens)
-    engine.start()
+    engine = _engine(args, model, max_batch=1, max_tokens=params.max_tokens)
     pieces: list[np.ndarray] = []
     t0 = time.perf_counter()
     try:

@@ -25,3 +25,7 @@ class GenerationError(LocalTTSError):
 
 class EngineClosedError(LocalTTSError):
     """A request was submitted to an engine that is not running."""
+
+
+class LMServerError(ModelLoadError):
+    """The serving engine that runs the speech LM (``lm_url``) is unreachable or refuses us."""

@@ -36,6 +36,7 @@ from pipecat_localtts.aggregator import AdaptiveTextAggregator
 from pipecat_localtts.chunking import ChunkerConfig, fit_pieces, is_speakable, split_text, text_width, well_formed
 from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
 from pipecat_localtts.engine.request import Request
+from pipecat_localtts.engine.remote import RemoteLM
 from pipecat_localtts.engine.shared import ENGINES, MODELS
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
@@ -124,6 +125,13 @@ class LocalTTSService(TTSService):
             default per device); applies when this service starts the model's engine.
         edge_fade_ms: Fade-in and fade-out at each utterance's edges, so consecutive chunks
             join without a click (0 disables; the audio between the edges is unchanged).
+        lm_url: Run the speech LM on a serving engine at this URL (``http://host:8080``:
+            llama.cpp's ``llama-server`` or vLLM) instead of in this process; ``model`` then
+            only provides the tokenizer and the codec (no LM weights are loaded). A
+            :class:`~pipecat_localtts.engine.remote.RemoteLM` gives the timeouts too.
+        lm_kind: ``"auto"`` (asked of the server), ``"llama.cpp"`` or ``"vllm"``.
+        lm_model: The model name an OpenAI-style server serves (``None``: its first).
+        lm_api_key: Bearer token for the server (never logged).
         settings: Pipecat settings delta (model/voice/language), applied over the above.
         **kwargs: Passed to Pipecat's ``TTSService`` (``sample_rate``, ``text_transforms``...).
             Audio is produced at the codec's 24 kHz; another ``sample_rate`` is resampled
@@ -146,6 +154,10 @@ class LocalTTSService(TTSService):
         frames_per_decode: int = 1,
         max_batch: int | None = None,
         edge_fade_ms: float = 5.0,
+        lm_url: str | RemoteLM | None = None,
+        lm_kind: str = "auto",
+        lm_model: str | None = None,
+        lm_api_key: str | None = None,
         settings: LocalTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -175,6 +187,10 @@ class LocalTTSService(TTSService):
         check_number("edge_fade_ms", edge_fade_ms, "a finite number >= 0")
         if edge_fade_ms < 0:
             raise ValueError(f"edge_fade_ms must be >= 0, got {edge_fade_ms}")
+        check_type("lm_url", lm_url, (str, RemoteLM, type(None)), "an http(s) URL, a RemoteLM or None")
+        if isinstance(lm_url, str):
+            lm_url = RemoteLM(lm_url, kind=lm_kind, model=lm_model, api_key=lm_api_key)
+        self._remote: RemoteLM | None = lm_url
         loaded = model if isinstance(model, OrpheusModel) else None
         model_name = loaded.name if loaded is not None else str(model)
         default_settings = self.Settings(model=model_name, voice=voice, language=Language.EN)
@@ -265,17 +281,21 @@ class LocalTTSService(TTSService):
                 "max_tokens": self._params.max_tokens,
                 "frames_per_decode": self._frames_per_decode,
             }
-            self._engine = await asyncio.to_thread(ENGINES.acquire, self._model, **settings)
+            self._engine = await asyncio.to_thread(ENGINES.acquire, self._model, remote=self._remote, **settings)
             if self._model.synthetic:
                 logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
 
     def _load_shared_model(self) -> OrpheusModel:
         """The model of ``self._model_source`` from the process-wide cache (blocking)."""
         device = resolve_device(self._device)
-        key = (str(self._model_source), str(device), str(resolve_dtype(self._dtype, device)))
+        with_lm = self._remote is None  # the LM on a server: only the tokenizer and the codec
+        dtype = str(resolve_dtype(self._dtype, device)) if with_lm else "no-lm"
+        key = (str(self._model_source), str(device), dtype)
 
         def load() -> OrpheusModel:
-            return load_orpheus(str(self._model_source), device=device, dtype=self._dtype, voices=self._voices)
+            return load_orpheus(
+                str(self._model_source), device=device, dtype=self._dtype, voices=self._voices, lm=with_lm
+            )
 
         return MODELS.acquire(key, load)
 

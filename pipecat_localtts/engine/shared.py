@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from pipecat_localtts.engine.batched import BatchedEngine
+from pipecat_localtts.engine.remote import RemoteLM, RemoteTokenSource
 from pipecat_localtts.models.orpheus import OrpheusModel
 
 __all__ = ["ENGINES", "MODELS", "SharedEngines", "SharedModels"]
@@ -27,46 +28,64 @@ class SharedEngines:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._engines: dict[int, tuple[BatchedEngine, int]] = {}  # id(model) -> (engine, users)
+        # (id(model), the remote server's key or None) -> (engine, users)
+        self._engines: dict[tuple[int, tuple | None], tuple[BatchedEngine, int]] = {}
+        self._keys: dict[int, tuple[int, tuple | None]] = {}  # id(engine) -> its key
 
-    def acquire(self, model: OrpheusModel, **settings: Any) -> BatchedEngine:
+    def acquire(self, model: OrpheusModel, *, remote: RemoteLM | None = None, **settings: Any) -> BatchedEngine:
         """The engine of ``model`` (started at the first call); one more user.
 
+        ``remote``: the speech LM runs on that serving engine (services of the same model
+        and server share one engine; the in-process LM and each server get their own).
         ``settings`` (``max_batch``, ``max_tokens``, ``frames_per_decode``...) apply when the
         engine is created; a later user with other settings shares the engine as it is.
         """
+        key = (id(model), remote.key if remote is not None else None)
         with self._lock:
-            entry = self._engines.get(id(model))
+            entry = self._engines.get(key)
             if entry is not None and entry[0].model is model and entry[0].running:
                 engine, users = entry
-                self._engines[id(model)] = (engine, users + 1)
+                self._engines[key] = (engine, users + 1)
                 return engine
-            engine = BatchedEngine(model, **settings)
-            engine.start()
-            self._engines[id(model)] = (engine, 1)
+            if remote is not None:
+                source = RemoteTokenSource(remote, model.token_layout, name=model.name)
+                engine = BatchedEngine(model, source=source, **settings)
+            else:
+                if model.lm is None:
+                    raise ValueError(f"{model.name} was loaded without its LM weights: give lm_url (the server that runs it)")
+                engine = BatchedEngine(model, **settings)
+            try:
+                engine.start()
+            except BaseException:
+                engine.close()  # its codec threads, a half-started source
+                raise
+            self._engines[key] = (engine, 1)
+            self._keys[id(engine)] = key
             return engine
 
     def release(self, engine: BatchedEngine) -> bool:
         """One user fewer; the last one closes the engine (blocking). Returns True if closed."""
         with self._lock:
-            entry = self._engines.get(id(engine.model))
+            key = self._keys.get(id(engine))
+            entry = self._engines.get(key) if key is not None else None
             if entry is None or entry[0] is not engine:
                 last = True  # not shared (or already replaced): close it
             else:
                 users = entry[1] - 1
                 last = users == 0
                 if last:
-                    del self._engines[id(engine.model)]
+                    del self._engines[key]
+                    del self._keys[id(engine)]
                 else:
-                    self._engines[id(engine.model)] = (engine, users)
+                    self._engines[key] = (engine, users)
         if last:
             engine.close()
         return last
 
-    def users(self, model: OrpheusModel) -> int:
-        """How many users the engine of ``model`` has (0: none running)."""
+    def users(self, model: OrpheusModel, remote: RemoteLM | None = None) -> int:
+        """How many users the engine of ``model`` (on ``remote``) has (0: none running)."""
         with self._lock:
-            entry = self._engines.get(id(model))
+            entry = self._engines.get((id(model), remote.key if remote is not None else None))
             return entry[1] if entry is not None and entry[0].model is model else 0
 
 

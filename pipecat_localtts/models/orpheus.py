@@ -146,7 +146,8 @@ class OrpheusModel:
     :func:`pipecat_localtts.testing.tiny_orpheus` (tiny random weights, for tests).
 
     Attributes:
-        lm: The causal language model (a transformers ``LlamaForCausalLM``).
+        lm: The causal language model (a transformers ``LlamaForCausalLM``), or ``None`` when
+            it runs on a serving engine (``lm_url``): then only the tokenizer and codec are here.
         tokenizer: Its tokenizer (a transformers tokenizer with BOS added).
         codec: The SNAC codec used to turn frames into audio.
         name: Hub id or directory it came from, for logs.
@@ -176,7 +177,9 @@ class OrpheusModel:
 
     @property
     def device(self) -> torch.device:
-        """The device the language model lives on."""
+        """The device the language model lives on (the codec's when the LM runs on a server)."""
+        if self.lm is None:
+            return self.codec.device
         return next(self.lm.parameters()).device
 
     @property
@@ -311,6 +314,7 @@ def load_orpheus(
     dtype: str | torch.dtype | None = None,
     snac: str | None = None,
     voices: Sequence[str] | None = None,
+    lm: bool = True,
 ) -> OrpheusModel:
     """Load an Orpheus checkpoint and its SNAC codec.
 
@@ -321,6 +325,8 @@ def load_orpheus(
         snac: Hub id or directory of the SNAC codec; ``None`` uses ``<model>/snac`` when that
             directory exists, else ``hubertsiuzdak/snac_24khz``.
         voices: Voices to accept; defaults to the English fine-tune's voices.
+        lm: Load the language model's weights; ``False`` when it runs on a serving engine:
+            only the tokenizer files and the codec are read (or downloaded).
 
     Raises:
         ModelLoadError: The weights, tokenizer or codec could not be had.
@@ -335,24 +341,26 @@ def load_orpheus(
         model = str(local)
         if snac is None and (local / "snac" / "config.json").is_file():
             snac = str(local / "snac")
-    logger.info(f"Loading Orpheus {model} on {dev} ({torch_dtype})")
+    what = f"on {dev} ({torch_dtype})" if lm else f"(tokenizer and codec on {dev}; the LM runs on a server)"
+    logger.info(f"Loading Orpheus {model} {what}")
     # huggingface_hub reads HF_HUB_OFFLINE once at import; honour it as set now.
     offline = {"local_files_only": True} if hub_offline() else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, **offline)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **offline)
+        weights = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **offline) if lm else None
     except Exception as e:
         cause = " ".join(str(e).split())  # one line: the CLI prints it as its only message
         raise ModelLoadError(f"{_load_hint(model)} ({type(e).__name__}: {cause})") from e
-    lm.to(dev).eval()
-    if lm.config.vocab_size != VOCAB_SIZE:
-        logger.warning(
-            f"{model}: vocabulary size {lm.config.vocab_size} differs from Orpheus's {VOCAB_SIZE}"
-        )
+    if weights is not None:
+        weights.to(dev).eval()
+        if weights.config.vocab_size != VOCAB_SIZE:
+            logger.warning(
+                f"{model}: vocabulary size {weights.config.vocab_size} differs from Orpheus's {VOCAB_SIZE}"
+            )
     codec = SNACCodec(load_snac(snac or SNAC_24KHZ_HUB_ID, device=dev), device=dev)
     logger.info(f"Loaded Orpheus {model}")
     return OrpheusModel(
-        lm=lm,
+        lm=weights,
         tokenizer=tokenizer,
         codec=codec,
         name=model,

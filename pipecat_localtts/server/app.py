@@ -125,6 +125,11 @@ class _Metrics:
         self.audio = Counter("localtts_audio_seconds", "Audio seconds sent", ["api"], registry=r)
         self.finished = Counter("localtts_streams", "Streams ended, by outcome", ["api", "outcome"], registry=r)
         self.errors = Counter("localtts_errors", "Errors answered, by kind", ["kind"], registry=r)
+        self.dropped_frames = Counter(
+            "localtts_dropped_frames",
+            "Codec frames dropped for a token outside its frame slot (a remote LM cannot enforce slots)",
+            registry=r,
+        )
 
 
 class TTSServer:
@@ -260,6 +265,9 @@ class TTSServer:
         self.streams -= 1
         self.metrics.streams.set(self.streams)
         self.metrics.finished.labels(api, outcome).inc()
+        dropped = sum(r.dropped_frames for r in stream.requests if r.done)
+        if dropped:
+            self.metrics.dropped_frames.inc(dropped)
         assert self.engine is not None or self._closing
         if stream.samples_out:
             sr = stream._engine.model.sample_rate
