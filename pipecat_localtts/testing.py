@@ -173,6 +173,72 @@ def tiny_orpheus(seed: int = 0, device: str | None = None) -> o.OrpheusModel:
     )
 
 
+def slotted_llama(seed: int = 0, *, hidden_size: int = 64, **overrides):
+    """A tiny ``LlamaForCausalLM`` whose random weights follow Orpheus's frame slots.
+
+    Real Orpheus checkpoints learned to emit the audio token of the right frame slot at every
+    position; random weights do not, so a remote engine that can only restrict output to the
+    audio tokens as a whole (not per slot) gives them nothing but dropped frames. This model
+    is random where it does not matter and structured where it does: each audio token of slot
+    ``s`` embeds near direction ``s`` and the output rows of slot ``s + 1`` point along
+    direction ``s`` (start-of-speech embeds as slot 6), with attention and MLP outputs scaled
+    down so the residual stream carries the embedding. The next token is then in the right
+    slot by a wide margin, and which of the slot's 4,096 codes it is varies with the input
+    through the random parts. The stop token is never likely: the max-token guard ends speech.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = {**TINY_LLAMA, "hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+              "head_dim": hidden_size, "num_attention_heads": 1, "num_key_value_heads": 1,
+              "tie_word_embeddings": False, **overrides}
+    torch.manual_seed(seed)
+    lm = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    slots = o.TOKENS_PER_FRAME
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        embed = lm.get_input_embeddings().weight  # [V, H]
+        head = lm.get_output_embeddings().weight  # [V, H]
+        h = embed.shape[1]
+        for s in range(slots):
+            lo = o.AUDIO_TOKEN_BASE + o.CODEBOOK_SIZE * s
+            rows = slice(lo, lo + o.CODEBOOK_SIZE)
+            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen) * 0.3
+            noise[:, :slots] = 0
+            embed[rows] = noise
+            embed[rows, s] = 1.0
+            # Output rows of slot s + 1 answer an input of slot s.
+            nxt = (s + 1) % slots
+            lo2 = o.AUDIO_TOKEN_BASE + o.CODEBOOK_SIZE * nxt
+            rows2 = slice(lo2, lo2 + o.CODEBOOK_SIZE)
+            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen)
+            noise[:, :slots] = 0
+            head[rows2] = noise
+            head[rows2, s] = 12.0
+        embed[o.START_OF_SPEECH] = 0
+        embed[o.START_OF_SPEECH, slots - 1] = 1.0
+        for layer in lm.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.05)
+            layer.mlp.down_proj.weight.mul_(0.05)
+    return lm
+
+
+def slotted_orpheus(seed: int = 0, *, tokenizer=None, device: str | None = None) -> o.OrpheusModel:
+    """A tiny Orpheus model object on :func:`slotted_llama` (synthetic: its audio is noise).
+
+    For a speech LM on a serving engine, which can restrict output to the audio tokens but not
+    to each frame slot. ``tokenizer``: the tiny one by default; a real Llama-3 + Orpheus
+    tokenizer where the serving engine needs one (llama.cpp's GGUF converter).
+    """
+    lm = slotted_llama(seed)
+    codec = SNACCodec(build_random_snac(TINY_SNAC_CONFIG, seed=seed), device=device or "cpu")
+    if device:
+        lm.to(device)
+    return o.OrpheusModel(
+        lm=lm, tokenizer=tokenizer or tiny_tokenizer(), codec=codec, name="tiny-slotted", synthetic=True
+    )
+
+
 def random_orpheus(
     shape: str = "tiny", seed: int = 0, device: str | None = None, dtype=None
 ) -> o.OrpheusModel:

@@ -219,6 +219,8 @@ class RemoteTokenSource:
         try:
             if self.kind in (None, "llama.cpp"):
                 r = await self._client.get(f"{base}/props", timeout=self.remote.connect_timeout + 5)
+                if r.status_code in (401, 403):
+                    raise LMServerError(f"speech LM server at {base} refused the API key ({r.status_code})")
                 if r.status_code == 200 and "default_generation_settings" in r.text:
                     self.kind = "llama.cpp"
                     return

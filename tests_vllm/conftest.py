@@ -1,0 +1,6 @@
+"""The vLLM tests reuse the main suite's helpers (live pipelines)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
