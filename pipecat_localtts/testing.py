@@ -8,6 +8,7 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,188 @@ def model_from_spec(spec: str | None, *, device: str | None = None):
     if spec == "tiny":
         return tiny_orpheus(device=device)
     return spec
+
+
+# --- A real Llama-3 tokenizer and llama.cpp (tests that run llama.cpp's llama-server) ---------
+
+#: Llama-3's pre-tokenizer split (from its tokenizer.json), applied before the byte-level map.
+LLAMA3_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+_LLAMA3_VOCAB_GGUF = "models/ggml-vocab-llama-bpe.gguf"
+
+
+def llama_cpp_dir() -> Path:
+    """Where ``scripts/llama_server.sh`` put llama.cpp: ``<venv>/llama.cpp`` of this interpreter.
+
+    It holds ``bin/llama-server``, ``convert_hf_to_gguf.py`` (with ``conversion/`` and
+    ``gguf-py/``) and ``models/ggml-vocab-llama-bpe.gguf``.
+
+    Raises:
+        FileNotFoundError: the server binary is not there (run ``bash scripts/setup.sh``).
+    """
+    import sys
+
+    directory = Path(sys.prefix) / "llama.cpp"
+    if not (directory / "bin" / "llama-server").is_file():
+        raise FileNotFoundError(
+            f"llama.cpp's llama-server is not built: {directory / 'bin' / 'llama-server'} is "
+            "missing. Run `bash scripts/setup.sh` (it builds it once, ~7 min; or "
+            "`bash scripts/llama_server.sh` alone)."
+        )
+    return directory
+
+
+def _read_gguf_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
+    """The metadata values named in ``wanted`` of a GGUF file (v2/v3, little-endian).
+
+    A minimal reader of the key/value section: enough for a vocabulary-only GGUF.
+    """
+    import struct
+
+    scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+              10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
+    data = path.read_bytes()
+    if data[:4] != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file")
+    version, _tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
+    if version < 2:
+        raise ValueError(f"{path}: GGUF version {version} is not supported")
+    pos = 24
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", data, pos)
+        pos += 8 + n
+        return data[pos - n : pos].decode("utf-8")
+
+    def value(kind: int) -> Any:
+        nonlocal pos
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item_kind, count = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            if item_kind in scalar:  # one unpack for the whole array
+                fmt = scalar[item_kind]
+                values = struct.unpack_from(f"<{count}{fmt[1]}", data, pos)
+                pos += count * struct.calcsize(fmt)
+                return list(values)
+            return [value(item_kind) for _ in range(count)]
+        fmt = scalar[kind]
+        (v,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return v
+
+    found: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = string()
+        (kind,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        v = value(kind)
+        if key in wanted:
+            found[key] = v
+    missing = wanted - found.keys()
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(sorted(missing))}")
+    return found
+
+
+_GGUF_CONTROL = 3  # llama.cpp's token type of control (special) tokens
+
+
+@functools.lru_cache(maxsize=4)
+def _llama3_tokenizer_cached(vocab_gguf: str):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    meta = _read_gguf_metadata(
+        Path(vocab_gguf),
+        {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+         "tokenizer.ggml.token_type", "tokenizer.ggml.merges"},
+    )  # fmt: skip
+    if (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) != ("gpt2", "llama-bpe"):
+        raise ValueError(f"{vocab_gguf}: not a Llama-3 (llama-bpe) vocabulary")
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    special_ids = [i for i, t in enumerate(types) if t == _GGUF_CONTROL]
+    if special_ids != list(range(o.BEGIN_OF_TEXT, o.CUSTOM_TOKEN_BASE)):
+        raise ValueError(f"{vocab_gguf}: special tokens are not at 128000..128255")
+    # As in Llama-3's tokenizer.json: the BPE vocabulary holds the 128,000 ordinary tokens,
+    # the specials are added tokens (which the tokenizers library numbers on from there).
+    vocab = {tok: i for i, tok in enumerate(tokens[: o.BEGIN_OF_TEXT])}
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    added = [tokens[i] for i in special_ids]
+    added += [f"<custom_token_{n}>" for n in range(o.VOCAB_SIZE - o.CUSTOM_TOKEN_BASE)]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+            processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                special_tokens=[("<|begin_of_text|>", o.BEGIN_OF_TEXT)],
+            ),
+        ]
+    )
+    assert tok.get_vocab_size(with_added_tokens=True) == o.VOCAB_SIZE
+    for name, token_id in [("<|begin_of_text|>", o.BEGIN_OF_TEXT), ("<|eot_id|>", o.END_OF_TEXT),
+                           ("<custom_token_0>", o.CUSTOM_TOKEN_BASE),
+                           (f"<custom_token_{o.VOCAB_SIZE - o.CUSTOM_TOKEN_BASE - 1}>", o.VOCAB_SIZE - 1)]:  # fmt: skip
+        assert tok.token_to_id(name) == token_id, (name, tok.token_to_id(name))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=131072,
+    )
+
+
+def llama3_tokenizer(vocab_gguf: str | Path | None = None):
+    """The real Llama-3 tokenizer with Orpheus's vocabulary, rebuilt from a vocabulary GGUF.
+
+    Byte-level BPE with Llama-3's split regex; its 256 special tokens at 128000..128255;
+    ``<|begin_of_text|>`` prepended by the post-processor; eos ``<|eot_id|>`` (as Orpheus's
+    tokenizer); and Orpheus's ``<custom_token_N>`` (N = 0..28683) as special tokens at
+    128256 + N: 156,940 ids, tokenizing as Orpheus does. llama.cpp's ``convert_hf_to_gguf.py``
+    recognises it as ``llama-bpe``.
+
+    Args:
+        vocab_gguf: A Llama-3 vocabulary GGUF; by default llama.cpp's
+            ``models/ggml-vocab-llama-bpe.gguf`` that ``scripts/llama_server.sh`` keeps in
+            :func:`llama_cpp_dir`.
+
+    Building takes a few seconds; the tokenizer is cached per file: the same path gives the
+    same object (do not modify it).
+    """
+    if vocab_gguf is None:
+        vocab_gguf = llama_cpp_dir() / _LLAMA3_VOCAB_GGUF
+    return _llama3_tokenizer_cached(str(Path(vocab_gguf).resolve()))
+
+
+def tiny_orpheus_llama3(seed: int = 0, device: str | None = None, **lm_overrides) -> o.OrpheusModel:
+    """:func:`tiny_orpheus` (same tiny Llama and SNAC for a seed) with :func:`llama3_tokenizer`
+    as its tokenizer, so its prompts are the real Orpheus prompts: for converting to GGUF and
+    serving with llama.cpp, whose converter needs a tokenizer it recognises.
+
+    ``lm_overrides`` change the tiny Llama's config (e.g. ``initializer_range=1.0``: at the
+    default 0.02 its logits are nearly flat and greedy decoding repeats one token).
+    """
+    tokenizer = llama3_tokenizer()
+    lm = tiny_llama(seed, **lm_overrides)
+    codec = SNACCodec(build_random_snac(TINY_SNAC_CONFIG, seed=seed), device=device or "cpu")
+    if device:
+        lm.to(device)
+    return o.OrpheusModel(
+        lm=lm, tokenizer=tokenizer, codec=codec, name="tiny-llama3", synthetic=True
+    )

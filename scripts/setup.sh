@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: a virtual environment in .venv with torch and this
-# package (with its test tools). Safe to run again: it only installs what is missing.
+# package (with its test tools), and llama.cpp's llama-server for the tests that run one
+# (scripts/llama_server.sh, built once). Safe to run again: it only installs what is missing.
 #   TORCH_SPEC   torch requirement to install first (default torch==2.13.0; on a CUDA machine
 #                the PyPI wheel of that version includes CUDA)
 set -euo pipefail
@@ -12,3 +13,4 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 python -m pip install --quiet -e ".[dev]"
+bash scripts/llama_server.sh

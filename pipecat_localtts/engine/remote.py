@@ -341,7 +341,9 @@ class RemoteTokenSource:
                 "min_p": 0.0,
                 "typical_p": 1.0,
                 "repeat_penalty": p.repetition_penalty,
-                "repeat_last_n": -1,  # the whole context, as our penalty sees every generated token
+                # The whole context, as our penalty sees every generated token (this server
+                # rejects -1, "the context size", with HTTP 400).
+                "repeat_last_n": len(job.req.prompt_ids) + job.max_new,
                 "seed": seed,
                 "samplers": ["penalties", "temperature", "top_p"],
                 "cache_prompt": True,
