@@ -175,7 +175,8 @@ def tiny_orpheus(seed: int = 0, device: str | None = None) -> o.OrpheusModel:
 
 
 def slotted_llama(seed: int = 0, *, hidden_size: int = 64, **overrides):
-    """A tiny ``LlamaForCausalLM`` whose random weights follow Orpheus's frame slots.
+    """A ``LlamaForCausalLM`` (tiny unless ``overrides`` say otherwise) whose random weights
+    follow Orpheus's frame slots.
 
     Real Orpheus checkpoints learned to emit the audio token of the right frame slot at every
     position; random weights do not, so a remote engine that can only restrict output to the
@@ -201,10 +202,11 @@ def slotted_llama(seed: int = 0, *, hidden_size: int = 64, **overrides):
         embed = lm.get_input_embeddings().weight  # [V, H]
         head = lm.get_output_embeddings().weight  # [V, H]
         h = embed.shape[1]
+        scale = (64 / h) ** 0.5  # the noise's norm as at hidden size 64, whatever the size
         for s in range(slots):
             lo = o.AUDIO_TOKEN_BASE + o.CODEBOOK_SIZE * s
             rows = slice(lo, lo + o.CODEBOOK_SIZE)
-            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen) * 0.3
+            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen) * (0.3 * scale)
             noise[:, :slots] = 0
             embed[rows] = noise
             embed[rows, s] = 1.0
@@ -212,7 +214,7 @@ def slotted_llama(seed: int = 0, *, hidden_size: int = 64, **overrides):
             nxt = (s + 1) % slots
             lo2 = o.AUDIO_TOKEN_BASE + o.CODEBOOK_SIZE * nxt
             rows2 = slice(lo2, lo2 + o.CODEBOOK_SIZE)
-            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen)
+            noise = torch.randn(o.CODEBOOK_SIZE, h, generator=gen) * scale
             noise[:, :slots] = 0
             head[rows2] = noise
             head[rows2, s] = 12.0
@@ -224,19 +226,31 @@ def slotted_llama(seed: int = 0, *, hidden_size: int = 64, **overrides):
     return lm
 
 
-def slotted_orpheus(seed: int = 0, *, tokenizer=None, device: str | None = None) -> o.OrpheusModel:
-    """A tiny Orpheus model object on :func:`slotted_llama` (synthetic: its audio is noise).
+def slotted_orpheus(
+    seed: int = 0, *, tokenizer=None, device: str | None = None, shape: str = "tiny"
+) -> o.OrpheusModel:
+    """An Orpheus model object on :func:`slotted_llama` (synthetic: its audio is noise).
 
     For a speech LM on a serving engine, which can restrict output to the audio tokens but not
     to each frame slot. ``tokenizer``: the tiny one by default; a real Llama-3 + Orpheus
-    tokenizer where the serving engine needs one (llama.cpp's GGUF converter).
+    tokenizer where the serving engine needs one (llama.cpp's GGUF converter). ``shape``:
+    ``tiny`` (hidden size 64, one layer, the tiny SNAC) or ``small`` (the Llama of
+    :data:`SHAPES` ``small``, untied, with the real-size SNAC), for benchmarks.
     """
-    lm = slotted_llama(seed)
-    codec = SNACCodec(build_random_snac(TINY_SNAC_CONFIG, seed=seed), device=device or "cpu")
+    if shape == "tiny":
+        lm = slotted_llama(seed)
+        snac = TINY_SNAC_CONFIG
+    elif shape == "small":
+        layers = {k: v for k, v in SHAPES["small"].items() if k != "tie_word_embeddings"}
+        lm = slotted_llama(seed, **layers)
+        snac = SNAC_24KHZ_CONFIG
+    else:
+        raise ValueError(f"unknown slotted shape {shape!r}; choose tiny or small")
+    codec = SNACCodec(build_random_snac(snac, seed=seed), device=device or "cpu")
     if device:
         lm.to(device)
     return o.OrpheusModel(
-        lm=lm, tokenizer=tokenizer or tiny_tokenizer(), codec=codec, name="tiny-slotted", synthetic=True
+        lm=lm, tokenizer=tokenizer or tiny_tokenizer(), codec=codec, name=f"{shape}-slotted", synthetic=True
     )
 
 

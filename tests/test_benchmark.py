@@ -92,3 +92,28 @@ def test_server_benchmark_runs_on_the_tiny_shape(tmp_path):
         assert server["audio_s"] > 0 and server["audio_s"] == pytest.approx(inproc["audio_s"], rel=0.05)
         assert server["ttfa_p50_ms"] > 0 and inproc["ttfa_p50_ms"] > 0
     assert [r["calls"] for r in results["ratios_server_over_inprocess"]] == [1, 2]
+
+
+@pytest.mark.timeout(300)
+def test_remote_benchmark_runs_through_llama_server_on_the_tiny_shape(tmp_path):
+    # Both designs deliver every call's audio (random weights run to the max-token guard:
+    # the same amount of audio), the remote path drops no frame of the slot-following
+    # weights, and the results hold a row per design and N plus their ratios.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "remote.py"
+    cmd = [sys.executable, str(script), "--shape", "tiny", "--calls", "1,2", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads((tmp_path / "remote.json").read_text())
+    rows = {(r["design"], r["calls"]): r for r in results["rows"]}
+    assert set(rows) == {(d, n) for d in ("llama-server", "in-process") for n in (1, 2)}
+    for n in (1, 2):
+        remote, inproc = rows["llama-server", n], rows["in-process", n]
+        assert remote["audio_s"] > 0 and remote["audio_s"] == pytest.approx(inproc["audio_s"], rel=0.02)
+        assert remote["dropped_frames"] == inproc["dropped_frames"] == 0
+        for row in (remote, inproc):
+            assert 0 < row["ttfa_p50_ms"] <= row["ttfa_p95_ms"] and row["per_call_audio_per_wall_s"] > 0
+    assert [r["calls"] for r in results["ratios_remote_over_inprocess"]] == [1, 2]
+    assert results["gguf_mb"] > 0
+    d = results["diagnosis"]
+    assert d["llama_server_tok_s"] > 0 and d["llama_server_audio_only_tok_s"] > 0
+    assert d["full_head_step_ms"] > 0 and d["body_step_ms"] > 0
