@@ -117,3 +117,31 @@ def test_remote_benchmark_runs_through_llama_server_on_the_tiny_shape(tmp_path):
     d = results["diagnosis"]
     assert d["llama_server_tok_s"] > 0 and d["llama_server_audio_only_tok_s"] > 0
     assert d["full_head_step_ms"] > 0 and d["body_step_ms"] > 0
+
+
+@pytest.mark.parametrize("shape", ["tiny", "small"])
+def test_slotted_weights_follow_the_frame_slots_without_a_constraint(shape):
+    """What lets a serving engine (audio tokens allowed, no per-slot constraint) speak with
+    random weights: greedy decoding with transformers' own generate, nothing restricted, gives
+    the token of the right frame slot at every position, at the tiny and the benchmark shape."""
+    import torch
+
+    from pipecat_localtts.testing import slotted_orpheus
+
+    model = slotted_orpheus(seed=0, shape=shape)
+    assert model.lm.config.hidden_size == (64 if shape == "tiny" else 512)
+    prompt = torch.tensor([model.build_prompt("Sure, I can help with that.", "tara")])
+    with torch.inference_mode():
+        out = model.lm.generate(prompt, max_new_tokens=36, do_sample=False, pad_token_id=o.PAD)
+    tokens = out[0, prompt.shape[1]:].tolist()
+    assert len(tokens) == 36
+    slots = [(t - o.AUDIO_TOKEN_BASE) // o.CODEBOOK_SIZE for t in tokens]
+    assert slots == [i % o.TOKENS_PER_FRAME for i in range(36)]
+    assert len(set(tokens)) > 20  # the codes vary: not one token per slot
+
+
+def test_slotted_shape_is_checked():
+    from pipecat_localtts.testing import slotted_orpheus
+
+    with pytest.raises(ValueError, match="unknown slotted shape 'huge'"):
+        slotted_orpheus(shape="huge")
