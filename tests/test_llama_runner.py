@@ -123,7 +123,7 @@ def test_non_llama_model_and_sliding_window_are_refused(model):
     from transformers import MistralConfig, MistralForCausalLM
 
     mistral = MistralForCausalLM(MistralConfig(**SMALL, sliding_window=None))
-    with pytest.raises(ValueError, match="model_type 'llama' only"):
+    with pytest.raises(ValueError, match="model_type 'llama' or 'qwen2' only, not 'mistral'"):
         LlamaRunner(mistral, n_slots=1, max_len=MAX_LEN)
     model.config.sliding_window = 16
     try:
@@ -131,6 +131,38 @@ def test_non_llama_model_and_sliding_window_are_refused(model):
             LlamaRunner(model, n_slots=1, max_len=MAX_LEN)
     finally:
         del model.config.sliding_window
+
+
+def qwen2(seed: int = 4, **overrides):
+    """A small random ``Qwen2ForCausalLM`` (NeuTTS's backbone) with its q/k/v biases nonzero."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    base = {k: v for k, v in SMALL.items() if k not in LLAMA3_ROPE}
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**{**base, "rope_theta": 1_000_000.0, **overrides})).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.5)
+    return model
+
+
+def test_qwen2_matches_transformers_alone_and_batched():
+    model = qwen2()
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    ids = {0: sequence(40, 20), 1: sequence(41, 13)}
+    runner = LlamaRunner(model, n_slots=2, max_len=MAX_LEN)
+    torch.testing.assert_close(run_alone(runner, 0, ids[0], 7), reference_logits(model, ids[0])[6:], **TOL)
+    # Two rows at different positions in one batched step.
+    runner.prefill(1, ids[1][:12])
+    both = runner.logits(runner.decode([0, 1], torch.tensor([5, ids[1][12]])))
+    torch.testing.assert_close(both[0], reference_logits(model, ids[0] + [5])[-1], **TOL)
+    torch.testing.assert_close(both[1], reference_logits(model, ids[1])[-1], **TOL)
+
+
+def test_qwen2_with_sliding_window_is_refused():
+    with pytest.raises(ValueError, match="sliding-window"):
+        LlamaRunner(qwen2(use_sliding_window=True, sliding_window=16, max_window_layers=0), n_slots=1, max_len=MAX_LEN)
 
 
 # ---------------------------------------------------------------------------- batched

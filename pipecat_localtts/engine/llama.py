@@ -27,6 +27,10 @@ import torch.nn.functional as F
 
 from pipecat_localtts.engine.kv_cache import SlotKVCache
 
+#: Decoders this runner implements: Llama, and Qwen2 (Llama with biases on q, k and v, which
+#: the linear layers carry).
+MODEL_TYPES = ("llama", "qwen2")
+
 #: RoPE variants whose frequencies do not depend on the sequence length (verified in tests).
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -75,9 +79,13 @@ def check_config(config: Any) -> str:
     Returns:
         The RoPE type.
     """
-    if config.model_type != "llama":
-        raise ValueError(f"LlamaRunner runs model_type 'llama' only, not {config.model_type!r}")
-    if getattr(config, "sliding_window", None) is not None:
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"LlamaRunner runs model_type {' or '.join(map(repr, MODEL_TYPES))} only, not {config.model_type!r}"
+        )
+    # Qwen2 configs carry a sliding_window size that only applies with use_sliding_window.
+    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+    if sliding or any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         raise ValueError("LlamaRunner does not implement sliding-window attention")
     if config.hidden_act != "silu":
         raise ValueError(f"LlamaRunner implements hidden_act 'silu' only, not {config.hidden_act!r}")
