@@ -100,7 +100,7 @@ class _Recorder(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def _call(service: LocalTTSService) -> dict:
+async def _call(service: LocalTTSService, sentences: list[str] = SENTENCES) -> dict:
     rec = _Recorder()
     worker = PipelineWorker(Pipeline([service, rec]), params=PipelineParams(), cancel_on_idle_timeout=False)
     runner = WorkerRunner(handle_sigint=False)
@@ -109,7 +109,7 @@ async def _call(service: LocalTTSService) -> dict:
     await asyncio.sleep(0.5)  # the pipeline starts; the engine is already loaded
     t0 = time.perf_counter()
     ttfa = []
-    for sentence in SENTENCES:
+    for sentence in sentences:
         rec.event.clear()
         rec.expect()
         sent = time.perf_counter()

@@ -52,13 +52,13 @@ RATE = 24000  # PCM16 mono from the server
 class BackgroundServer:
     """The app under uvicorn on a free loopback port, in a thread with its own event loop."""
 
-    def __init__(self, model, max_batch: int) -> None:
+    def __init__(self, model, max_batch: int, params=PARAMS) -> None:
         def load() -> BatchedEngine:
-            engine = BatchedEngine(model, max_batch=max_batch, max_tokens=PARAMS.max_tokens)
+            engine = BatchedEngine(model, max_batch=max_batch, max_tokens=params.max_tokens)
             engine.start()
             return engine
 
-        self.app = create_app(load, ServerConfig(model_name="bench", max_streams=max(max_batch, 1), params=PARAMS))
+        self.app = create_app(load, ServerConfig(model_name="bench", max_streams=max(max_batch, 1), params=params))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -82,11 +82,11 @@ class BackgroundServer:
         self.sock.close()
 
 
-async def _client(http: httpx.AsyncClient, url: str) -> dict:
+async def _client(http: httpx.AsyncClient, url: str, sentences: list[str] = SENTENCES) -> dict:
     """One call: every sentence as its own streamed request, one after another."""
     samples, ttfa = 0, []
     t0 = time.perf_counter()
-    for sentence in SENTENCES:
+    for sentence in sentences:
         body = {"model": "bench", "input": sentence, "response_format": "pcm"}
         sent = time.perf_counter()
         first = None
@@ -100,10 +100,10 @@ async def _client(http: httpx.AsyncClient, url: str) -> dict:
     return {"start": t0, "end": time.perf_counter(), "audio_s": samples / RATE, "ttfa_s": ttfa[0]}
 
 
-async def _run_server(url: str, n: int) -> dict:
+async def _run_server(url: str, n: int, sentences: list[str] = SENTENCES) -> dict:
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        calls = await asyncio.gather(*(_client(http, url) for _ in range(n)))
+        calls = await asyncio.gather(*(_client(http, url, sentences) for _ in range(n)))
     wall = max(c["end"] for c in calls) - min(c["start"] for c in calls)
     return _summary(n, [c["audio_s"] for c in calls], [c["ttfa_s"] for c in calls], wall)
 

@@ -19,13 +19,14 @@ import numpy as np
 from pipecat_localtts.errors import LocalTTSError
 
 TINY = "tiny"
+TINY_NEUTTS = "tiny-neutts"
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipecat_localtts.models.orpheus import DEFAULT_MODEL_ID, DEFAULT_VOICE
+    from pipecat_localtts.models.orpheus import DEFAULT_MODEL_ID
 
     parser = argparse.ArgumentParser(
-        prog="pipecat-localtts", description="Local speech-token TTS (Orpheus + SNAC)."
+        prog="pipecat-localtts", description="Local speech-token TTS (Orpheus + SNAC, NeuTTS + NeuCodec)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,10 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument(
         "--model",
         default=DEFAULT_MODEL_ID,
-        help=f"hub id or local directory (default {DEFAULT_MODEL_ID}); "
-        f"'{TINY}' = tiny random model for checking the plumbing",
+        help=f"hub id or local directory, Orpheus or NeuTTS (default {DEFAULT_MODEL_ID}); "
+        f"'{TINY}' / '{TINY_NEUTTS}' = tiny random models for checking the plumbing",
     )
-    say.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
+    say.add_argument("--voice", default=None, help="voice name (default: the model's first, e.g. tara)")
     say.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     say.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
     _lm_arguments(say)
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model",
         default=DEFAULT_MODEL_ID,
-        help=f"hub id or local directory (default {DEFAULT_MODEL_ID}); '{TINY}' = tiny random model",
+        help=f"hub id or local directory, Orpheus or NeuTTS (default {DEFAULT_MODEL_ID}); "
+        f"'{TINY}' / '{TINY_NEUTTS}' = tiny random models",
     )
     serve.add_argument("--voice", default=None, help="default voice (default: the model's first)")
     serve.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
@@ -131,22 +133,22 @@ def _positive(value: str) -> int:
 
 
 def _load_model(name: str, device: str | None, *, lm: bool = True):
-    from pipecat_localtts.models.orpheus import load_orpheus
-    from pipecat_localtts.testing import tiny_orpheus
+    from pipecat_localtts.models.families import load_model
+    from pipecat_localtts.testing import tiny_neutts, tiny_orpheus
 
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise LocalTTSError("--device cuda: no CUDA device is available here; use --device cpu")
-    if name == TINY:
+    if name in (TINY, TINY_NEUTTS):
         print(
-            "note: --model tiny is a synthetic model with random weights: the audio is noise, "
+            f"note: --model {name} is a synthetic model with random weights: the audio is noise, "
             "useful only to check the plumbing.",
             file=sys.stderr,
         )
-        return tiny_orpheus(device=device)
-    return load_orpheus(name, device=device, lm=lm)
+        return tiny_orpheus(device=device) if name == TINY else tiny_neutts(device=device)
+    return load_model(name, device=device, lm=lm)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -182,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         model = _load_model(args.model, args.device, lm=not args.lm_url)
         if args.voice is not None:
             model.check_voice(args.voice)
-        return _engine(args, model, max_batch=max_batch, max_tokens=config.params.max_tokens)
+        return _engine(args, model, max_batch=max_batch, max_tokens=(config.params or model.default_params).max_tokens)
 
     app = create_app(load, config)
     server = uvicorn.Server(
@@ -216,16 +218,17 @@ def _cuda() -> bool:
 
 
 def _say(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from pipecat_localtts.chunking import is_speakable, split_text
     from pipecat_localtts.engine.request import BlockingSink
-    from pipecat_localtts.engine.sampling import GenerationParams
 
     model = _load_model(args.model, args.device, lm=not args.lm_url)
-    model.check_voice(args.voice)
+    voice = model.check_voice(args.voice) if args.voice is not None else model.voices[0]
     chunks = [c for c in split_text(args.text) if is_speakable(c)]
     if not chunks:
         raise LocalTTSError("nothing to say: the text has no letters or digits")
-    params = GenerationParams(seed=args.seed)
+    params = replace(model.default_params, seed=args.seed)
     # One request at a time, in order: one slot is all the utterances need.
     engine = _engine(args, model, max_batch=1, max_tokens=params.max_tokens)
     pieces: list[np.ndarray] = []
@@ -233,7 +236,7 @@ def _say(args: argparse.Namespace) -> int:
     try:
         for chunk in chunks:
             sink = BlockingSink()
-            engine.submit(chunk, args.voice, params, sink)
+            engine.submit(chunk, voice, params, sink)
             pieces.extend(sink)
     finally:
         engine.close()

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import os
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,22 +34,16 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 from pipecat_localtts.audio import EdgeFade
 from pipecat_localtts.aggregator import AdaptiveTextAggregator
 from pipecat_localtts.chunking import ChunkerConfig, fit_pieces, is_speakable, split_text, text_width, well_formed
-from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
+from pipecat_localtts.engine.batched import BatchedEngine
 from pipecat_localtts.engine.request import Request
 from pipecat_localtts.engine.remote import RemoteLM
 from pipecat_localtts.engine.shared import ENGINES, MODELS
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import LocalTTSError, UnknownVoiceError
 from pipecat_localtts.validation import check_int, check_number, check_type
-from pipecat_localtts.models.orpheus import (
-    DEFAULT_MODEL_ID,
-    DEFAULT_VOICE,
-    ENGLISH_VOICES,
-    OrpheusModel,
-    load_orpheus,
-    resolve_device,
-    resolve_dtype,
-)
+from pipecat_localtts.models.base import SpeechModel
+from pipecat_localtts.models.families import MODEL_TYPES, family_of, load_model
+from pipecat_localtts.models.orpheus import DEFAULT_MODEL_ID, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -107,17 +101,23 @@ class _AsyncSink:
 
 
 class LocalTTSService(TTSService):
-    """Pipecat TTS service that speaks with a local speech-token LM (Orpheus + SNAC).
+    """Pipecat TTS service that speaks with a local speech-token LM (Orpheus on SNAC, NeuTTS
+    on NeuCodec: the family is read from the checkpoint).
 
     Args:
-        model: Hugging Face hub id, local checkpoint directory, or a loaded
-            :class:`~pipecat_localtts.models.orpheus.OrpheusModel` (e.g. ``tiny_orpheus()``).
-        voice: Voice name (Orpheus English: tara, leah, jess, leo, dan, mia, zac, zoe).
+        model: Hugging Face hub id, local checkpoint directory, or a loaded model
+            (:class:`~pipecat_localtts.models.orpheus.OrpheusModel`,
+            :class:`~pipecat_localtts.models.neutts.NeuTTSModel`, e.g. ``tiny_orpheus()``).
+        voice: Voice name (Orpheus English: tara, leah, jess, leo, dan, mia, zac, zoe; NeuTTS:
+            a reference's name). ``None``: the model's first voice.
         device: Torch device for the model; ``None`` picks CUDA when available.
         dtype: Weight dtype; ``None`` picks bf16 on CUDA, fp32 on CPU.
-        voices: Voices the checkpoint knows, when loading one that is not the English
-            fine-tune; ignored for a loaded model object (it carries its own).
-        params: Sampling and max-token guard (Orpheus reference defaults).
+        voices: Orpheus: the voice names a checkpoint that is not the English fine-tune knows.
+            NeuTTS: name → reference recording, a ``NeuTTSVoice`` or ``(codes, transcript)``
+            (codes as ``.pt`` / ``.npy``; default: the checkpoint's ``voices/`` directory).
+            Ignored for a loaded model object (it carries its own).
+        params: Sampling and max-token guard (``None``: the family's defaults, e.g. the
+            Orpheus reference's).
         chunking: How LLM text is cut into chunks (first chunk fast, then sentences).
         frames_per_decode: Minimum codec frames per window once audio flows (1 = lowest
             latency; frames waiting for a busy codec are decoded together anyway).
@@ -144,11 +144,11 @@ class LocalTTSService(TTSService):
     def __init__(
         self,
         *,
-        model: str | os.PathLike[str] | OrpheusModel = DEFAULT_MODEL_ID,
-        voice: str = DEFAULT_VOICE,
+        model: str | os.PathLike[str] | SpeechModel = DEFAULT_MODEL_ID,
+        voice: str | None = None,
         device: str | None = None,
         dtype: Any = None,
-        voices: Sequence[str] | None = None,
+        voices: Sequence[str] | Mapping[str, Any] | None = None,
         params: GenerationParams | None = None,
         chunking: ChunkerConfig | None = None,
         frames_per_decode: int = 1,
@@ -164,17 +164,23 @@ class LocalTTSService(TTSService):
         # Wrong types fail here, naming the argument, not at the first request.
         if isinstance(model, os.PathLike):
             model = os.fspath(model)
-        allowed = "a hub id or directory (str or os.PathLike) or an OrpheusModel"
-        check_type("model", model, (str, OrpheusModel), allowed)
+        allowed = "a hub id or directory (str or os.PathLike) or a loaded model (OrpheusModel, NeuTTSModel)"
+        check_type("model", model, (str, *MODEL_TYPES), allowed)
         if isinstance(model, str) and not model.strip():
             raise ValueError(f"model must be {allowed}, got an empty string")
-        check_type("voice", voice, str, "a voice name (str)")
-        if voices is not None and (
+        check_type("voice", voice, (str, type(None)), "a voice name (str) or None")
+        if isinstance(voices, Mapping):
+            if not voices or not all(isinstance(v, str) for v in voices):
+                raise TypeError(f"voices must map voice names (str) to references, got {voices!r}")
+        elif voices is not None and (
             isinstance(voices, str)
             or not isinstance(voices, Sequence)
             or not all(isinstance(v, str) for v in voices)
         ):
-            raise TypeError(f"voices must be a sequence of voice names (str) or None, got {voices!r}")
+            raise TypeError(
+                f"voices must be a sequence of voice names (str), a mapping of names to references, "
+                f"or None, got {voices!r}"
+            )
         check_type("params", params, (GenerationParams, type(None)), "a GenerationParams or None")
         check_type("chunking", chunking, (ChunkerConfig, type(None)), "a ChunkerConfig or None")
         check_int("frames_per_decode", frames_per_decode, "an int >= 1")
@@ -191,8 +197,18 @@ class LocalTTSService(TTSService):
         if isinstance(lm_url, str):
             lm_url = RemoteLM(lm_url, kind=lm_kind, model=lm_model, api_key=lm_api_key)
         self._remote: RemoteLM | None = lm_url
-        loaded = model if isinstance(model, OrpheusModel) else None
+        loaded = model if isinstance(model, MODEL_TYPES) else None
         model_name = loaded.name if loaded is not None else str(model)
+        # The voices known now: the model's, the names given, a family's fixed set (Orpheus);
+        # a NeuTTS checkpoint's references are known once it is loaded.
+        if loaded is not None:
+            known: tuple[str, ...] | None = tuple(loaded.voices)
+        elif voices:
+            known = tuple(voices)
+        else:
+            known = family_of(model).voices
+        if voice is None and known:
+            voice = known[0]
         default_settings = self.Settings(model=model_name, voice=voice, language=Language.EN)
         if settings is not None:
             default_settings.apply_update(settings)
@@ -213,19 +229,17 @@ class LocalTTSService(TTSService):
         )
         self._chunking = chunking or ChunkerConfig()
         self._text_aggregator = aggregator or AdaptiveTextAggregator(self._chunking)
-        self._params = params or GenerationParams()
+        self._params = params or (loaded.default_params if loaded is not None else None)
         self._frames_per_decode = frames_per_decode
         self._max_batch = max_batch
         self._edge_fade_ms = edge_fade_ms
         self._model_source = model
-        self._model: OrpheusModel | None = loaded
+        self._model: SpeechModel | None = loaded
         self._device = device
         self._dtype = dtype
-        self._voices = tuple(loaded.voices if loaded is not None else (voices or ENGLISH_VOICES))
-        if self._settings.voice not in self._voices:
-            raise UnknownVoiceError(
-                f"unknown voice {self._settings.voice!r}; known voices: {', '.join(self._voices)}"
-            )
+        self._voices = voices  # what the loader gets
+        if known is not None and self._settings.voice is not None and self._settings.voice not in known:
+            raise UnknownVoiceError(f"unknown voice {self._settings.voice!r}; known voices: {', '.join(known)}")
         self._engine: BatchedEngine | None = None
         self._owns_model = False  # the model came from the shared cache for this service
         # This service's recent requests (with their text), newest last: the engine keeps none.
@@ -249,7 +263,7 @@ class LocalTTSService(TTSService):
         return self._engine
 
     @property
-    def model(self) -> OrpheusModel | None:
+    def model(self) -> SpeechModel | None:
         """The loaded model object, once loaded."""
         return self._model
 
@@ -274,8 +288,13 @@ class LocalTTSService(TTSService):
             if self._engine is not None:  # a dead engine: let it go before taking a new one
                 await self._close_engine()
             if self._model is None:
-                self._model = await asyncio.to_thread(self._load_shared_model)
-                self._owns_model = True
+                model = await asyncio.to_thread(self._load_shared_model)
+                self._model, self._owns_model = model, True
+                if self._settings.voice is None:  # the checkpoint's first reference
+                    self._settings.voice = model.voices[0]
+                model.check_voice(str(self._settings.voice))
+            if self._params is None:
+                self._params = self._model.default_params
             settings = {
                 "max_batch": self._max_batch,
                 "max_tokens": self._params.max_tokens,
@@ -285,17 +304,15 @@ class LocalTTSService(TTSService):
             if self._model.synthetic:
                 logger.warning(f"{self}: model {self._model.name} is synthetic (random weights): noise")
 
-    def _load_shared_model(self) -> OrpheusModel:
+    def _load_shared_model(self) -> SpeechModel:
         """The model of ``self._model_source`` from the process-wide cache (blocking)."""
         device = resolve_device(self._device)
         with_lm = self._remote is None  # the LM on a server: only the tokenizer and the codec
         dtype = str(resolve_dtype(self._dtype, device)) if with_lm else "no-lm"
         key = (str(self._model_source), str(device), dtype)
 
-        def load() -> OrpheusModel:
-            return load_orpheus(
-                str(self._model_source), device=device, dtype=self._dtype, voices=self._voices, lm=with_lm
-            )
+        def load() -> SpeechModel:
+            return load_model(str(self._model_source), device=device, dtype=self._dtype, voices=self._voices, lm=with_lm)
 
         return MODELS.acquire(key, load)
 
@@ -385,7 +402,7 @@ class LocalTTSService(TTSService):
         if len(pieces) > len(chunks) and self._split_logged_for != context_id:
             self._split_logged_for = context_id  # once per turn, however many chunks
             logger.warning(
-                f"{self}: text over the {PROMPT_BUDGET}-token prompt budget (emoji, rare "
+                f"{self}: text over the {self._model.prompt_budget}-token prompt budget (emoji, rare "
                 f"scripts?) in this turn: split further, {len(pieces)} pieces of {len(chunks)} chunks"
             )
         return [piece for piece in pieces if is_speakable(piece)]
@@ -401,7 +418,7 @@ class LocalTTSService(TTSService):
         if self._model is None:  # not loaded: _submit says so
             return [text]
         model, voice = self._model, str(self._settings.voice)
-        return fit_pieces(text, lambda piece: len(model.build_prompt(piece, voice)) <= PROMPT_BUDGET)
+        return fit_pieces(text, lambda piece: len(model.build_prompt(piece, voice)) <= model.prompt_budget)
 
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:

@@ -305,15 +305,197 @@ def save_orpheus(model: o.OrpheusModel, directory: str | Path) -> Path:
     return directory
 
 
+#: The ``--model`` names of the tiny random models (noise, for plumbing checks).
+TINY_MODELS = ("tiny", "tiny-neutts")
+
+
 def model_from_spec(spec: str | None, *, device: str | None = None):
-    """What ``--model`` / ``LOCALTTS_MODEL`` name: ``"tiny"`` gives :func:`tiny_orpheus` (noise,
-    for plumbing checks); anything else (hub id or directory) is returned for
-    ``LocalTTSService(model=...)`` to load; ``None`` or empty means the default Orpheus."""
+    """What ``--model`` / ``LOCALTTS_MODEL`` name: ``"tiny"`` gives :func:`tiny_orpheus` and
+    ``"tiny-neutts"`` :func:`tiny_neutts` (noise, for plumbing checks); anything else (hub id or
+    directory) is returned for ``LocalTTSService(model=...)`` to load; ``None`` or empty means
+    the default Orpheus."""
     if not spec:
         return o.DEFAULT_MODEL_ID
     if spec == "tiny":
         return tiny_orpheus(device=device)
+    if spec == "tiny-neutts":
+        return tiny_neutts(device=device)
     return spec
+
+
+# --- NeuTTS (Qwen2 + NeuCodec) -----------------------------------------------------------------
+
+#: Qwen2.5's special tokens at their ids (its byte-level BPE vocabulary is ids 0..151642; the
+#: tiny tokenizer keeps only the 256 byte tokens of it, at ids 0..255).
+QWEN2_SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+#: NeuTTS's control tokens, in their order after the base model's 22 special tokens. That order
+#: (and the speech tokens right after it) was checked on NeuTTS Nano, a Llama-3 base (controls at
+#: 128256..128261, ``<|speech_0|>`` at 128262); NeuTTS Air (a Qwen2.5 base) is laid out the
+#: same way here, after Qwen2.5's specials. The adapter reads every id by name, so a checkpoint
+#: laid out otherwise loads unchanged.
+NEUTTS_CONTROL_TOKENS = (
+    "<|TEXT_REPLACE|>", "<|TEXT_PROMPT_START|>", "<|TEXT_PROMPT_END|>",
+    "<|SPEECH_REPLACE|>", "<|SPEECH_GENERATION_START|>", "<|SPEECH_GENERATION_END|>",
+)  # fmt: skip
+NEUTTS_CONTROL_BASE = 151_665
+NEUTTS_SPEECH_BASE = NEUTTS_CONTROL_BASE + len(NEUTTS_CONTROL_TOKENS)  # 151671
+NEUTTS_VOCAB_SIZE = NEUTTS_SPEECH_BASE + 65_536  # 217207
+#: Audar-TTS's markers, after NeuTTS Air's vocabulary in :func:`tiny_neutts` (``style="audar"``).
+#: Where the published tokenizer puts them is not checked here; the adapter reads them by name.
+AUDAR_TOKEN_BASE = NEUTTS_VOCAB_SIZE
+
+#: The tiny Qwen2 of :func:`tiny_neutts`: NeuTTS Air's vocabulary, tiny everything else.
+TINY_QWEN2 = dict(
+    vocab_size=NEUTTS_VOCAB_SIZE,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    tie_word_embeddings=True,
+    max_position_embeddings=4096,
+    bos_token_id=151643,
+    eos_token_id=NEUTTS_SPEECH_BASE - 1,
+    pad_token_id=151643,
+)
+
+#: NeuTTS Air's backbone (Qwen2.5-0.5B: 24 layers, 896 wide, 14 heads of 64, 2 KV heads) with
+#: the NeuTTS vocabulary, for benchmarks (timing does not depend on the weights' values).
+NEUTTS_AIR_QWEN2 = dict(
+    TINY_QWEN2,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+)
+
+
+@functools.lru_cache(maxsize=2)
+def _neutts_tokenizer_object(audar: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from pipecat_localtts.models.neutts import AUDAR_MARKERS
+
+    vocab = {ch: byte for byte, ch in enumerate(_byte_level_chars())}
+    vocab.update(QWEN2_SPECIAL_TOKENS)
+    vocab.update({t: NEUTTS_CONTROL_BASE + i for i, t in enumerate(NEUTTS_CONTROL_TOKENS)})
+    vocab.update({f"<|speech_{i}|>": NEUTTS_SPEECH_BASE + i for i in range(65_536)})
+    extra = list(AUDAR_MARKERS) if audar else []
+    vocab.update({t: AUDAR_TOKEN_BASE + i for i, t in enumerate(extra)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([*QWEN2_SPECIAL_TOKENS, *NEUTTS_CONTROL_TOKENS, *extra])
+    return tok.to_str()
+
+
+def tiny_neutts_tokenizer(audar: bool = False):
+    """A byte-level tokenizer with NeuTTS Air's layout: bytes at ids 0..255, Qwen2.5's special
+    tokens, the NeuTTS control tokens and the 65,536 ``<|speech_N|>`` tokens at their ids (see
+    :data:`NEUTTS_CONTROL_TOKENS`); with ``audar``, Audar-TTS's markers after them. Like
+    Qwen2's, it adds no BOS."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_neutts_tokenizer_object(audar))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_qwen2(seed: int = 0, **overrides):
+    """A randomly initialised ``Qwen2ForCausalLM`` with NeuTTS's vocabulary (fp32, eval)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(Qwen2Config(**{**TINY_QWEN2, **overrides})).eval()
+
+
+def tiny_neutts_voice(seed: int = 0, frames: int = 40):
+    """A reference voice of random codes (``frames`` of them, 50 a second) and a transcript."""
+    import numpy as np
+
+    from pipecat_localtts.models.neutts import NeuTTSVoice
+
+    codes = np.random.default_rng(seed).integers(0, 65_536, size=frames)
+    return NeuTTSVoice(tuple(int(c) for c in codes), "This is my reference voice.")
+
+
+def tiny_neutts(
+    seed: int = 0,
+    device: str | None = None,
+    *,
+    phonemes: bool = False,
+    shape: str = "tiny",
+    codec_shape: str = "tiny",
+    style: str = "neutts",
+):
+    """A loaded NeuTTS model object with random weights (synthetic: its audio is noise).
+
+    Args:
+        seed: Seed of the random weights (LM, codec) and of the reference voice.
+        device: Torch device, CPU by default.
+        phonemes: Read text as espeak-ng phonemes (needs ``phonemizer`` and espeak-ng), as the
+            published checkpoints do; ``False`` reads plain text (as BPE checkpoints do).
+        shape: ``"tiny"`` or ``"air"`` (NeuTTS Air's real backbone size, for benchmarks).
+        codec_shape: ``"tiny"`` or ``"real"`` (the real-size NeuCodec decoder, 188M).
+        style: ``"neutts"`` or ``"audar"`` (Audar-TTS's prompt markers and stop token).
+
+    Its voice is ``"ref"``: 40 random codes with a transcript.
+    """
+    from pipecat_localtts.codecs.neucodec import TINY_NEUCODEC_CONFIG, NeuCodecCodec, build_random_neucodec
+    from pipecat_localtts.models.neutts import EspeakPhonemizer, NeuTTSModel
+
+    if shape not in ("tiny", "air") or codec_shape not in ("tiny", "real") or style not in ("neutts", "audar"):
+        raise ValueError(f"unknown shape {shape!r} / codec_shape {codec_shape!r} / style {style!r}")
+    audar = style == "audar"
+    lm_config = dict(NEUTTS_AIR_QWEN2) if shape == "air" else {}
+    if audar:
+        lm_config["vocab_size"] = AUDAR_TOKEN_BASE + 8
+    lm = tiny_qwen2(seed, **lm_config)
+    codec_config = TINY_NEUCODEC_CONFIG if codec_shape == "tiny" else None
+    codec = NeuCodecCodec(build_random_neucodec(codec_config, seed=seed), device=device or "cpu")
+    if device:
+        lm.to(device)
+    return NeuTTSModel(
+        lm=lm,
+        tokenizer=tiny_neutts_tokenizer(audar),
+        codec=codec,
+        references={"ref": tiny_neutts_voice(seed)},
+        phonemize=EspeakPhonemizer("en-us") if phonemes else None,
+        name=f"{'tiny' if shape == 'tiny' else 'random-air'}-{style}",
+        synthetic=True,
+    )
+
+
+def save_neutts(model, directory: str | Path) -> Path:
+    """Write a NeuTTS model object as a checkpoint directory that ``load_neutts`` reads: the
+    LM and tokenizer (transformers layout), the codec in ``<directory>/neucodec``, the voices as
+    ``<directory>/voices/NAME.pt`` + ``NAME.txt`` (the ``neutts`` samples' format)."""
+    import torch
+
+    from pipecat_localtts.codecs.neucodec import NeuCodecDecodeOnly
+
+    directory = Path(directory)
+    if model.phonemize is None:  # a plain-text model: say so, as BPE checkpoints do
+        model.lm.config.text_input = "bpe"
+    model.lm.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)
+
+    decoder = NeuCodecDecodeOnly(model.codec.config)
+    decoder.quantizer.load_state_dict(model.codec.quantizer.state_dict())
+    decoder.acoustic_decoder.load_state_dict(model.codec.decoder.state_dict())
+    decoder.save_pretrained(directory / "neucodec")
+    voices = directory / "voices"
+    voices.mkdir(parents=True, exist_ok=True)
+    for name, ref in model.references.items():
+        torch.save(torch.tensor(ref.codes, dtype=torch.int32), voices / f"{name}.pt")
+        (voices / f"{name}.txt").write_text(ref.text + "\n", encoding="utf-8")
+    return directory
 
 
 # --- A real Llama-3 tokenizer and llama.cpp (tests that run llama.cpp's llama-server) ---------
@@ -406,8 +588,15 @@ def _read_gguf_metadata(path: Path, wanted: set[str]) -> dict[str, Any]:
 _GGUF_CONTROL = 3  # llama.cpp's token type of control (special) tokens
 
 
+#: Ids after Llama-3's specials in NeuTTS Nano's vocabulary: its six control tokens, then the
+#: 65,536 speech tokens (checked on the published Nano; its IPA glyph tokens after them are
+#: left out here).
+NEUTTS_NANO_SPEECH_BASE = o.CUSTOM_TOKEN_BASE + len(NEUTTS_CONTROL_TOKENS)  # 128262
+NEUTTS_NANO_VOCAB_SIZE = NEUTTS_NANO_SPEECH_BASE + 65_536  # 193798
+
+
 @functools.lru_cache(maxsize=4)
-def _llama3_tokenizer_cached(vocab_gguf: str):
+def _llama3_tokenizer_cached(vocab_gguf: str, family: str = "orpheus"):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
@@ -436,7 +625,12 @@ def _llama3_tokenizer_cached(vocab_gguf: str):
     )
     tok.decoder = decoders.ByteLevel()
     added = [tokens[i] for i in special_ids]
-    added += [f"<custom_token_{n}>" for n in range(o.VOCAB_SIZE - o.CUSTOM_TOKEN_BASE)]
+    if family == "orpheus":
+        added += [f"<custom_token_{n}>" for n in range(o.VOCAB_SIZE - o.CUSTOM_TOKEN_BASE)]
+        size = o.VOCAB_SIZE
+    else:  # NeuTTS Nano
+        added += [*NEUTTS_CONTROL_TOKENS, *(f"<|speech_{n}|>" for n in range(65_536))]
+        size = NEUTTS_NANO_VOCAB_SIZE
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
     tok.post_processor = processors.Sequence(
         [
@@ -448,10 +642,11 @@ def _llama3_tokenizer_cached(vocab_gguf: str):
             ),
         ]
     )
-    assert tok.get_vocab_size(with_added_tokens=True) == o.VOCAB_SIZE
+    assert tok.get_vocab_size(with_added_tokens=True) == size
+    last = f"<custom_token_{size - o.CUSTOM_TOKEN_BASE - 1}>" if family == "orpheus" else "<|speech_65535|>"
+    first = added[len(special_ids)]
     for name, token_id in [("<|begin_of_text|>", o.BEGIN_OF_TEXT), ("<|eot_id|>", o.END_OF_TEXT),
-                           ("<custom_token_0>", o.CUSTOM_TOKEN_BASE),
-                           (f"<custom_token_{o.VOCAB_SIZE - o.CUSTOM_TOKEN_BASE - 1}>", o.VOCAB_SIZE - 1)]:  # fmt: skip
+                           (first, o.CUSTOM_TOKEN_BASE), (last, size - 1)]:  # fmt: skip
         assert tok.token_to_id(name) == token_id, (name, tok.token_to_id(name))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -461,26 +656,31 @@ def _llama3_tokenizer_cached(vocab_gguf: str):
     )
 
 
-def llama3_tokenizer(vocab_gguf: str | Path | None = None):
-    """The real Llama-3 tokenizer with Orpheus's vocabulary, rebuilt from a vocabulary GGUF.
+def llama3_tokenizer(vocab_gguf: str | Path | None = None, family: str = "orpheus"):
+    """The real Llama-3 tokenizer with Orpheus's (or NeuTTS Nano's) vocabulary, rebuilt from a
+    vocabulary GGUF.
 
     Byte-level BPE with Llama-3's split regex; its 256 special tokens at 128000..128255;
     ``<|begin_of_text|>`` prepended by the post-processor; eos ``<|eot_id|>`` (as Orpheus's
     tokenizer); and Orpheus's ``<custom_token_N>`` (N = 0..28683) as special tokens at
-    128256 + N: 156,940 ids, tokenizing as Orpheus does. llama.cpp's ``convert_hf_to_gguf.py``
-    recognises it as ``llama-bpe``.
+    128256 + N: 156,940 ids, tokenizing as Orpheus does. With ``family="neutts"``, NeuTTS
+    Nano's six control tokens and 65,536 speech tokens instead (193,798 ids). llama.cpp's
+    ``convert_hf_to_gguf.py`` recognises it as ``llama-bpe``.
 
     Args:
         vocab_gguf: A Llama-3 vocabulary GGUF; by default llama.cpp's
             ``models/ggml-vocab-llama-bpe.gguf`` that ``scripts/llama_server.sh`` keeps in
             :func:`llama_cpp_dir`.
+        family: ``"orpheus"`` or ``"neutts"``.
 
     Building takes a few seconds; the tokenizer is cached per file: the same path gives the
     same object (do not modify it).
     """
     if vocab_gguf is None:
         vocab_gguf = llama_cpp_dir() / _LLAMA3_VOCAB_GGUF
-    return _llama3_tokenizer_cached(str(Path(vocab_gguf).resolve()))
+    if family not in ("orpheus", "neutts"):
+        raise ValueError(f"family must be 'orpheus' or 'neutts', not {family!r}")
+    return _llama3_tokenizer_cached(str(Path(vocab_gguf).resolve()), family)
 
 
 def tiny_orpheus_llama3(seed: int = 0, device: str | None = None, **lm_overrides) -> o.OrpheusModel:
@@ -499,3 +699,23 @@ def tiny_orpheus_llama3(seed: int = 0, device: str | None = None, **lm_overrides
     return o.OrpheusModel(
         lm=lm, tokenizer=tokenizer, codec=codec, name="tiny-llama3", synthetic=True
     )
+
+
+def tiny_neutts_nano(seed: int = 0, device: str | None = None, **lm_overrides):
+    """A NeuTTS Nano-layout model with tiny random weights: a tiny Llama over the real Llama-3
+    tokenizer with NeuTTS's tokens (:func:`llama3_tokenizer` ``family="neutts"``: controls at
+    128256..128261, ``<|speech_0|>`` at 128262, as the published Nano), a tiny NeuCodec decoder and
+    the voice ``"ref"``. Its tokenizer adds BOS, as Nano's does; llama.cpp's converter takes it.
+    """
+    from pipecat_localtts.codecs.neucodec import TINY_NEUCODEC_CONFIG, NeuCodecCodec, build_random_neucodec
+    from pipecat_localtts.models.neutts import NeuTTSModel
+
+    lm = tiny_llama(seed, **{"vocab_size": NEUTTS_NANO_VOCAB_SIZE, "eos_token_id": o.CUSTOM_TOKEN_BASE + 5,
+                             "pad_token_id": o.END_OF_TEXT, **lm_overrides})  # fmt: skip
+    codec = NeuCodecCodec(build_random_neucodec(TINY_NEUCODEC_CONFIG, seed=seed), device=device or "cpu")
+    if device:
+        lm.to(device)
+    return NeuTTSModel(
+        lm=lm, tokenizer=llama3_tokenizer(family="neutts"), codec=codec,
+        references={"ref": tiny_neutts_voice(seed)}, name="tiny-neutts-nano", synthetic=True,
+    )  # fmt: skip

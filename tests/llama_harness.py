@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 
+from pipecat_localtts.models.neutts import NeuTTSModel
 from pipecat_localtts.models.orpheus import OrpheusModel
-from pipecat_localtts.testing import llama_cpp_dir, save_orpheus
+from pipecat_localtts.testing import llama_cpp_dir, save_neutts, save_orpheus
 
 #: Context per slot: a long Orpheus utterance (prompt + ~2,000 audio tokens) fits.
 CTX_PER_SLOT = 2560
@@ -39,7 +40,7 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def gguf_of(model: OrpheusModel, directory: str | Path, *, timeout: float = 300) -> Path:
+def gguf_of(model: OrpheusModel | NeuTTSModel, directory: str | Path, *, timeout: float = 300) -> Path:
     """``model`` saved as a checkpoint in ``directory`` and converted by llama.cpp's
     ``convert_hf_to_gguf.py`` to ``<directory>/model.gguf`` (f32: the same weights exactly).
 
@@ -48,7 +49,7 @@ def gguf_of(model: OrpheusModel, directory: str | Path, *, timeout: float = 300)
     """
     llama = llama_cpp_dir()
     directory = Path(directory)
-    save_orpheus(model, directory)
+    (save_neutts if isinstance(model, NeuTTSModel) else save_orpheus)(model, directory)
     out = directory / "model.gguf"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(

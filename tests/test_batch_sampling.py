@@ -170,6 +170,27 @@ def test_empirical_frequencies_match_the_nucleus_softmax(top_p):
     assert chi2 < 40  # <= 7 degrees of freedom: mean <= 7, 40 is far in the tail
 
 
+def test_top_k_keeps_only_the_k_most_likely_per_row_and_zero_keeps_all():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]] * 400)
+    k = torch.tensor([2] * 200 + [0] * 200)
+    out = bs.sample_rows(logits, torch.full((400,), 5.0), torch.ones(400), torch.zeros(400, dtype=torch.int64),
+                         torch.arange(400), k)  # fmt: skip
+    assert set(out[:200].tolist()) == {0, 1}  # a hot temperature, still only the top two
+    assert set(out[200:].tolist()) == {0, 1, 2, 3, 4}
+    keep = bs.top_p_mask(torch.softmax(logits[:2], -1), torch.tensor([0.5, 1.0]), torch.tensor([3, 3]))
+    assert keep.tolist() == [[True, False, False, False, False], [True, True, True, False, False]]
+    built = bs.RowParams.build([GenerationParams(top_k=50), GenerationParams()], [1, 2], [0, 0])
+    assert built.top_k.tolist() == [50, 0]
+    assert bs.RowParams.build([GenerationParams()], [1], [0]).top_k is None  # no row limits: no work
+
+
+def test_sample_token_honours_top_k():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    params = GenerationParams(temperature=5.0, top_p=1.0, top_k=2)
+    gen = torch.Generator().manual_seed(0)
+    assert {int(sample_token(logits, params, gen)) for _ in range(300)} == {0, 1}
+
+
 # ------------------------------------------------------------------ candidates
 
 
@@ -221,6 +242,18 @@ def test_the_stop_token_is_only_sampled_at_slot_0():
     tokens = step(hidden, w, None, slot, seen, rows(700, 1.5, 1.0, step=list(range(700))))
     is_stop = tokens == o.END_OF_SPEECH
     assert is_stop[slot == 0].all() and not is_stop[slot != 0].any()
+
+
+def test_rows_marked_no_stop_never_stop_and_the_others_do():
+    w = torch.randn(o.VOCAB_SIZE, 16, generator=torch.Generator().manual_seed(6)) * 0.1
+    w[o.END_OF_SPEECH] = 0.0
+    w[o.END_OF_SPEECH, 0] = 10.0
+    hidden = torch.zeros(8, 16)
+    hidden[:, 0] = 10.0  # every row wants to stop
+    head = head_of(w)
+    no_stop = [True, False] * 4  # e.g. rows before the layout's min_tokens
+    tokens = bs.sample_step(hidden, head, [0] * 8, head.new_seen(8), rows(8, 1.0, 1.0), no_stop)
+    assert [t == o.END_OF_SPEECH for t in tokens.tolist()] == [not x for x in no_stop]
 
 
 def test_repetition_penalty_is_applied_per_row_like_the_single_row_version():

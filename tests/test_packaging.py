@@ -21,6 +21,7 @@ OPTIONAL = {
     "cli.py": "server",  # `serve` imports uvicorn when it runs
     "server/app.py": "server",
     "websocket_service.py": "client",
+    "models/neutts.py": "neutts",  # espeak-ng phonemes, imported when a phoneme checkpoint loads
 }
 
 

@@ -27,8 +27,8 @@ from pipecat.frames.frames import (
 
 from pipecat_localtts import LocalTTSService
 from pipecat_localtts.chunking import ChunkerConfig, text_width
-from pipecat_localtts.engine.batched import PROMPT_BUDGET
 from pipecat_localtts.engine.sampling import GenerationParams
+from pipecat_localtts.models.orpheus import OrpheusModel
 from pipecat_localtts.testing import tiny_orpheus
 
 # Every utterance a few codec frames long: the fuzz is about text, not audio.
@@ -36,6 +36,7 @@ SHORT = GenerationParams(seed=0, guard_seconds_per_char=0.001, guard_min_seconds
 RANDOM_INPUTS = int(os.environ.get("LOCALTTS_FUZZ_INPUTS", "150"))
 SEED = int(os.environ.get("LOCALTTS_FUZZ_SEED", "0"))
 FINAL = "And that is all for today, thank you."
+ORPHEUS_PROMPT_BUDGET = OrpheusModel.prompt_budget
 pytestmark = pytest.mark.timeout(max(600, 3 * RANDOM_INPUTS))  # slow is not hung (see speak_all)
 
 
@@ -102,7 +103,7 @@ class _Records:
 async def test_a_chunk_within_max_chunk_chars_whose_prompt_is_too_long_is_split_to_fit(text):
     assert text_width(text) <= ChunkerConfig().max_chunk_chars
     model = tiny_orpheus()
-    assert len(model.build_prompt(text, "tara")) > PROMPT_BUDGET
+    assert len(model.build_prompt(text, "tara")) > ORPHEUS_PROMPT_BUDGET
     logs = _Records()
     try:
         p = await speak_all(LocalTTSService(model=model, params=SHORT), [TTSSpeakFrame(text)])
@@ -110,7 +111,7 @@ async def test_a_chunk_within_max_chunk_chars_whose_prompt_is_too_long_is_split_
         logs.close()
     assert not p.errors, [e.error for e in p.errors]
     spoken = [r for r in p.requests if r.text != FINAL]
-    assert len(spoken) > 1 and all(len(r.prompt_ids) <= PROMPT_BUDGET for r in spoken)
+    assert len(spoken) > 1 and all(len(r.prompt_ids) <= ORPHEUS_PROMPT_BUDGET for r in spoken)
     assert "".join(r.text for r in spoken).replace(" ", "") == text.replace(" ", "")  # all of it
     assert all(r.finish_reason in ("stop", "length") and r.audio_samples for r in p.requests)
     assert sum("split further" in m for m in logs.messages) == 1
@@ -129,7 +130,7 @@ async def test_a_prompt_larger_than_the_cache_is_no_error_and_the_split_is_logge
         logs.close()
     assert not p.errors, [e.error for e in p.errors]
     spoken = [r for r in p.requests if r.text != FINAL]
-    assert len(spoken) >= 8 and all(len(r.prompt_ids) <= PROMPT_BUDGET for r in spoken)
+    assert len(spoken) >= 8 and all(len(r.prompt_ids) <= ORPHEUS_PROMPT_BUDGET for r in spoken)
     assert sum("split further" in m for m in logs.messages) == 1  # two chunks, one turn
 
 
@@ -234,5 +235,5 @@ async def test_fuzz_no_text_crashes_hangs_or_fails_the_service():
     p = await speak_all(service, frames)
     assert not p.errors, [e.error for e in p.errors][:5]
     assert all(r.finish_reason in ("stop", "length") for r in p.requests)
-    assert all(len(r.prompt_ids) <= PROMPT_BUDGET for r in p.requests)
+    assert all(len(r.prompt_ids) <= ORPHEUS_PROMPT_BUDGET for r in p.requests)
     assert_final_sentence_spoken_last(p)

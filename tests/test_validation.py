@@ -28,6 +28,9 @@ GENERATION_PARAMS_BAD = [
     ("top_p", NAN, ValueError, "top_p must be a finite number in (0, 1]"),
     ("top_p", 0, ValueError, "top_p must be in (0, 1]"),
     ("top_p", 1.5, ValueError, "top_p must be in (0, 1]"),
+    ("top_k", 1.5, TypeError, "top_k must be an int >= 0 (0 = no limit)"),
+    ("top_k", True, TypeError, "top_k must be an int >= 0 (0 = no limit)"),
+    ("top_k", -1, ValueError, "top_k must be >= 0 (0 = no limit)"),
     ("repetition_penalty", "1.3", TypeError, "repetition_penalty must be a finite number >= 1"),
     ("repetition_penalty", INF, ValueError, "repetition_penalty must be a finite number >= 1"),
     ("repetition_penalty", NAN, ValueError, "repetition_penalty must be a finite number >= 1"),
@@ -71,7 +74,7 @@ def test_every_generation_params_field_is_checked():
 
 def test_generation_params_accept_good_values_including_ints_for_floats():
     p = GenerationParams(
-        temperature=0, top_p=1, repetition_penalty=1, seed=0, constrain_audio_tokens=False,
+        temperature=0, top_p=1, top_k=50, repetition_penalty=1, seed=0, constrain_audio_tokens=False,
         guard_seconds_per_char=1, guard_min_seconds=3, max_tokens=7,
     )
     assert (p.temperature, p.top_p, p.repetition_penalty, p.max_tokens) == (0, 1, 1, 7)
@@ -99,12 +102,13 @@ SERVICE_BAD = [
     ("max_batch", 1.0, TypeError, "max_batch must be an int >= 1 or None"),
     ("max_batch", True, TypeError, "max_batch must be an int >= 1 or None"),
     ("max_batch", 0, ValueError, "max_batch must be >= 1"),
-    ("voice", None, TypeError, "voice must be a voice name (str)"),
-    ("voice", 5, TypeError, "voice must be a voice name (str)"),
-    ("voices", "tara", TypeError, "voices must be a sequence of voice names (str) or None"),
-    ("voices", [1, 2], TypeError, "voices must be a sequence of voice names (str) or None"),
-    ("model", None, TypeError, "model must be a hub id or directory (str or os.PathLike) or an OrpheusModel"),
-    ("model", 5, TypeError, "model must be a hub id or directory (str or os.PathLike) or an OrpheusModel"),
+    ("voice", 5, TypeError, "voice must be a voice name (str) or None"),
+    ("voice", b"tara", TypeError, "voice must be a voice name (str) or None"),
+    ("voices", "tara", TypeError, "voices must be a sequence of voice names (str), a mapping"),
+    ("voices", [1, 2], TypeError, "voices must be a sequence of voice names (str), a mapping"),
+    ("voices", {}, TypeError, "voices must map voice names (str) to references"),
+    ("model", None, TypeError, "model must be a hub id or directory (str or os.PathLike) or a loaded model"),
+    ("model", 5, TypeError, "model must be a hub id or directory (str or os.PathLike) or a loaded model"),
     ("model", b"models/orpheus", TypeError, "model must be a hub id or directory"),
     ("model", "", ValueError, "model must be a hub id or directory"),
 ]

@@ -101,6 +101,7 @@ class RowParams:
     repetition_penalty: torch.Tensor  # [B] float32 >= 1
     seed: torch.Tensor  # [B] int64 (the seed's 64 bits, two's complement)
     step: torch.Tensor  # [B] int64, each request's own step counter
+    top_k: torch.Tensor | None = None  # [B] int64, 0 = no limit; None: no row limits
 
     @classmethod
     def build(
@@ -132,6 +133,7 @@ class RowParams:
             repetition_penalty=floats("repetition_penalty"),
             seed=ints(seeds),
             step=ints(steps),
+            top_k=ints([p.top_k for p in params]) if any(p.top_k for p in params) else None,
         )
 
 
@@ -242,14 +244,19 @@ def apply_repetition_penalty_rows(
     return torch.where(seen, penalised, logits)
 
 
-def top_p_mask(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Nucleus of each row: keep a token while the mass before it is < top_p (first always).
+def top_p_mask(probs: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Nucleus of each row: keep a token while the mass before it is < top_p (first always),
+    and, where ``top_k`` > 0, only among the row's ``top_k`` most likely.
 
-    probs: [B, N], top_p: [B] -> keep [B, N] bool (all kept where top_p >= 1).
+    probs: [B, N], top_p: [B], top_k: [B] int or None -> keep [B, N] bool (all kept where
+    top_p >= 1 and top_k is 0).
     """
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # [B, N]
     before = sorted_probs.cumsum(-1) - sorted_probs
     keep_sorted = (before < top_p[:, None]) | (top_p >= 1)[:, None]
+    if top_k is not None:
+        rank = torch.arange(probs.shape[-1], device=probs.device)[None]  # [1, N]
+        keep_sorted &= (rank < top_k[:, None]) | (top_k == 0)[:, None]
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
@@ -259,6 +266,7 @@ def sample_rows(
     top_p: torch.Tensor,
     seed: torch.Tensor,
     step: torch.Tensor,
+    top_k: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample one index per row; a row's result depends on that row's inputs only.
 
@@ -268,13 +276,14 @@ def sample_rows(
         top_p: [B] in (0, 1].
         seed: [B] int64.
         step: [B] int64.
+        top_k: [B] int64 (0 = no limit) or ``None``.
 
     Returns:
         [B] long, indices into N.
     """
     greedy = temperature == 0  # [B]
     scaled = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]  # [B, N]
-    keep = top_p_mask(torch.softmax(scaled, dim=-1), top_p)  # [B, N]
+    keep = top_p_mask(torch.softmax(scaled, dim=-1), top_p, top_k)  # [B, N]
     gumbel = -torch.log(-torch.log(uniform_noise(seed, step, logits.shape[-1])))  # [B, N]
     # Gumbel-max: argmax(log p + g) samples p; logits/T differ from log p by a row constant.
     sampled = scaled.masked_fill(~keep, float("-inf")).add_(gumbel).argmax(-1)
@@ -287,14 +296,19 @@ def sample_step(
     slots: Sequence[int],
     seen: torch.Tensor,
     rows: RowParams,
+    no_stop: Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """One batched sampling step: hidden [B, H] -> token ids [B] (``seen`` is not updated).
 
-    ``slots`` are the rows' frame slots as host ints; ``seen`` is [B, union] (the rows' masks).
+    ``slots`` are the rows' frame slots as host ints; ``seen`` is [B, union] (the rows' masks);
+    rows where ``no_stop`` is true may not stop yet (the layout's ``min_tokens``).
     """
     slot = torch.tensor(list(slots), device=hidden.device)  # [B]
     logits = head.logits(hidden, slots)  # [B, n_candidates]
+    if no_stop is not None and any(no_stop):
+        early = torch.tensor(list(no_stop), device=hidden.device)
+        logits[early, head.width :] = float("-inf")
     seen_rows = head.candidate_seen(seen, slot)  # [B, n_candidates]
     logits = apply_repetition_penalty_rows(logits, seen_rows, rows.repetition_penalty)
-    index = sample_rows(logits, rows.temperature, rows.top_p, rows.seed, rows.step)  # [B]
+    index = sample_rows(logits, rows.temperature, rows.top_p, rows.seed, rows.step, rows.top_k)  # [B]
     return head.to_token(index, slot)

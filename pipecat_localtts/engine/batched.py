@@ -32,11 +32,10 @@ from pipecat_localtts.engine.source import Job, TokenSource
 from pipecat_localtts.errors import EngineClosedError, GenerationError
 from pipecat_localtts.models.base import SpeechModel
 
-__all__ = ["DEFAULT_MAX_BATCH", "PROMPT_BUDGET", "BatchedEngine"]
+__all__ = ["DEFAULT_MAX_BATCH", "BatchedEngine"]
 
-PROMPT_BUDGET = 512  # cache room reserved for the prompt, in tokens
 #: Slots per engine when not given: enough for a busy CPU box, small enough to allocate
-#: anywhere (``max_batch * (PROMPT_BUDGET + max_tokens)`` cache positions).
+#: anywhere (``max_batch * (model.prompt_budget + max_tokens)`` cache positions).
 DEFAULT_MAX_BATCH = {"cpu": 8, "cuda": 64}
 
 
@@ -57,7 +56,7 @@ class BatchedEngine:
             requests' audio decodes at once: ×1.1–1.2 aggregate at 2 and 8 calls on 2 cores;
             1 on CUDA, where one thread batches the windows of all requests).
         source: Where the tokens come from (``None``: a :class:`LocalBatchedLM` on ``model.lm``
-            with ``max_batch`` slots of ``PROMPT_BUDGET + max_tokens`` positions).
+            with ``max_batch`` slots of ``model.prompt_budget + max_tokens`` positions).
     """
 
     def __init__(
@@ -75,6 +74,7 @@ class BatchedEngine:
         device = model.device
         self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(device.type, 8)
         self.max_tokens = max_tokens
+        self.prompt_budget = int(model.prompt_budget)
         self.frames_per_decode = frames_per_decode
         if codec_threads is None and device.type == "cpu":
             import torch
@@ -91,7 +91,7 @@ class BatchedEngine:
         self._layout = model.token_layout
         if source is None:
             source = LocalBatchedLM(
-                model.lm, self._layout, max_batch=self.max_batch, max_len=PROMPT_BUDGET + max_tokens, name=model.name
+                model.lm, self._layout, max_batch=self.max_batch, max_len=self.prompt_budget + max_tokens, name=model.name
             )
         self.source = source
         self._lock = threading.Lock()
@@ -160,7 +160,7 @@ class BatchedEngine:
     @property
     def max_len(self) -> int:
         """Positions per request: the prompt budget plus ``max_tokens``."""
-        return PROMPT_BUDGET + self.max_tokens
+        return self.prompt_budget + self.max_tokens
 
     @property
     def waiting(self) -> int:
@@ -189,17 +189,25 @@ class BatchedEngine:
 
         Raises:
             UnknownVoiceError: The model does not know ``voice``.
-            ValueError: The prompt does not fit :data:`PROMPT_BUDGET`.
+            ValueError: The prompt does not fit the model's ``prompt_budget``.
             EngineClosedError: The engine is not running.
         """
         prompt = self.model.build_prompt(text, voice)
-        if len(prompt) > PROMPT_BUDGET:
-            raise ValueError(f"prompt of {len(prompt)} tokens exceeds the {PROMPT_BUDGET}-token budget")
+        if len(prompt) > self.prompt_budget:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds the {self.prompt_budget}-token budget")
+        cap = min(params.max_tokens, self.max_tokens)
+        if self.model.max_context is not None:  # the positions the model was trained for
+            cap = min(cap, self.model.max_context - len(prompt))
+            if cap < self._layout.tokens_per_frame:
+                raise ValueError(
+                    f"prompt of {len(prompt)} tokens leaves no room for audio in the model's "
+                    f"{self.model.max_context}-position context"
+                )
         budget = self.model.token_budget(
             text,
             seconds_per_char=params.guard_seconds_per_char,
             min_seconds=params.guard_min_seconds,
-            max_tokens=min(params.max_tokens, self.max_tokens),
+            max_tokens=cap,
         )
         req = Request(
             text="",  # the engine keeps no text: it is in the prompt ids only

@@ -366,6 +366,8 @@ class LocalBatchedLM:
             row.seen_all[torch.tensor(req.prompt_ids, device=self._device)] = True
         assert row.seen_all is not None
         logits = apply_repetition_penalty(self._runner.logits(hidden), row.seen_all, req.params.repetition_penalty)
+        if row.job.parser.position < self.layout.min_tokens:  # too early to stop
+            logits[list(self.layout.stop_tokens)] = float("-inf")
         token = int(sample_token(logits, req.params, row.generator))
         row.seen_all[token] = True
         return token
@@ -379,7 +381,8 @@ class LocalBatchedLM:
         )
         cache_rows = torch.tensor([r.slot for r in rows], device=self._device)
         seen = self._seen[cache_rows]  # [B, union]
-        out = bs.sample_step(hidden, self._head, slots, seen, params)  # [B]
+        no_stop = [p < self.layout.min_tokens for p in positions]
+        out = bs.sample_step(hidden, self._head, slots, seen, params, no_stop)  # [B]
         tokens = out.tolist()  # the one host read per step
         self._head.mark_seen(self._seen, cache_rows, out)
         self.slot_groups.append(len(set(slots)))

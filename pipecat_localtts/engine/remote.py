@@ -337,7 +337,7 @@ class RemoteTokenSource:
                 "n_predict": n,
                 "temperature": p.temperature,
                 "top_p": p.top_p,
-                "top_k": 0,
+                "top_k": p.top_k,
                 "min_p": 0.0,
                 "typical_p": 1.0,
                 "repeat_penalty": p.repetition_penalty,
@@ -345,7 +345,7 @@ class RemoteTokenSource:
                 # rejects -1, "the context size", with HTTP 400).
                 "repeat_last_n": len(job.req.prompt_ids) + job.max_new,
                 "seed": seed,
-                "samplers": ["penalties", "temperature", "top_p"],
+                "samplers": ["penalties", "top_k", "temperature", "top_p"] if p.top_k else ["penalties", "temperature", "top_p"],
                 "cache_prompt": True,
             }
         else:
@@ -356,7 +356,7 @@ class RemoteTokenSource:
                 "max_tokens": n,
                 "temperature": p.temperature,
                 "top_p": p.top_p,
-                "top_k": -1,
+                "top_k": p.top_k or -1,
                 "min_p": 0.0,
                 "repetition_penalty": p.repetition_penalty,
                 "seed": seed,
@@ -364,6 +364,7 @@ class RemoteTokenSource:
                 "skip_special_tokens": False,
                 "ignore_eos": True,
                 "stop_token_ids": list(self.layout.stop_tokens),
+                "min_tokens": max(0, min(self.layout.min_tokens - len(job.req.tokens), n)),
             }
         text = json.dumps(body)
         if p.constrain_audio_tokens:

@@ -22,6 +22,7 @@ class GenerationParams:
 
     temperature: float = 0.6  # 0 = greedy; higher = more varied prosody, less stable
     top_p: float = 0.8  # nucleus: keep the smallest set of tokens with this much probability
+    top_k: int = 0  # keep only the k most likely tokens; 0 = no limit
     repetition_penalty: float = 1.3  # >= 1; Orpheus needs >= 1.1 to stay stable
     seed: int | None = None  # seed of the sampler; None = fresh randomness per request
     constrain_audio_tokens: bool = True  # sample only tokens valid at the frame slot (+ stop)
@@ -36,6 +37,9 @@ class GenerationParams:
         check_number("top_p", self.top_p, "a finite number in (0, 1]")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_int("top_k", self.top_k, "an int >= 0 (0 = no limit)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = no limit), got {self.top_k}")
         check_number("repetition_penalty", self.repetition_penalty, "a finite number >= 1")
         if not self.repetition_penalty >= 1:
             raise ValueError(f"repetition_penalty must be >= 1, got {self.repetition_penalty}")
@@ -82,11 +86,14 @@ def sample_token(
     if params.temperature == 0:
         return logits.argmax()
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
+    if params.top_p < 1.0 or params.top_k > 0:
         sorted_probs, order = probs.sort(descending=True)
         cumulative = sorted_probs.cumsum(-1)
-        # Keep a token while the mass before it is below top_p (the first is always kept).
-        keep = (cumulative - sorted_probs) < params.top_p
+        # Keep a token while the mass before it is below top_p (the first is always kept),
+        # and among the top_k most likely.
+        keep = ((cumulative - sorted_probs) < params.top_p) | (params.top_p >= 1.0)
+        if params.top_k > 0:
+            keep[params.top_k :] = False
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return order[choice[0]]

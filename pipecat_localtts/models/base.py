@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from pipecat_localtts.codecs.base import StreamingCodec
+    from pipecat_localtts.engine.sampling import GenerationParams
 
 __all__ = ["FrameParser", "SpeechModel", "TokenLayout"]
 
@@ -36,17 +37,22 @@ class TokenLayout:
         slot_starts: First valid token id of each frame slot (one per token of a frame).
         width: Valid ids per slot: slot ``s`` allows ``[slot_starts[s], slot_starts[s] + width)``.
         stop_tokens: Ids that end the utterance; valid at slot 0 only (a frame boundary).
+        min_tokens: Generated tokens before a stop token may be sampled (NeuTTS: 50, one
+            second, as its reference; without it short texts tend to stop at once).
     """
 
     slot_starts: tuple[int, ...]
     width: int
     stop_tokens: tuple[int, ...]
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.slot_starts or self.width < 1 or not self.stop_tokens:
             raise ValueError("a token layout needs at least one slot, a width >= 1 and a stop token")
         if any(s < 0 for s in self.slot_starts) or any(t < 0 for t in self.stop_tokens):
             raise ValueError("token ids must be >= 0")
+        if self.min_tokens < 0:
+            raise ValueError("min_tokens must be >= 0")
 
     @classmethod
     def contiguous(cls, first: int, width: int, tokens_per_frame: int, stop_tokens: Sequence[int]) -> TokenLayout:
@@ -103,6 +109,11 @@ class SpeechModel(Protocol):
         synthetic: True for random weights (noise; for plumbing only).
         stop_tokens: Token ids that end an utterance.
         token_layout: The tokens valid at each position (:class:`TokenLayout`).
+        prompt_budget: Cache positions reserved for a prompt; a longer one is refused (the
+            service splits the text until every prompt fits).
+        max_context: Positions (prompt + generated) the model was trained for, or ``None``:
+            the engine stops an utterance there.
+        default_params: The family's sampling defaults, used when a caller gives none.
     """
 
     lm: Any
@@ -111,6 +122,9 @@ class SpeechModel(Protocol):
     voices: tuple[str, ...]
     synthetic: bool
     stop_tokens: frozenset[int]
+    prompt_budget: int
+    max_context: int | None
+    default_params: GenerationParams
 
     @property
     def token_layout(self) -> TokenLayout: ...

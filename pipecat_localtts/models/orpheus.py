@@ -19,6 +19,7 @@ from loguru import logger
 
 from pipecat_localtts.chunking import text_width
 from pipecat_localtts.codecs.snac import SNAC_24KHZ_HUB_ID, SNACCodec, hub_offline, load_snac
+from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import ModelLoadError, UnknownVoiceError
 from pipecat_localtts.models.base import TokenLayout
 
@@ -162,6 +163,9 @@ class OrpheusModel:
     voices: tuple[str, ...] = ENGLISH_VOICES
     synthetic: bool = False
     stop_tokens: frozenset[int] = field(default=STOP_TOKENS)
+    #: Cache room for a prompt: ``<voice>: text`` plus the framing tokens.
+    prompt_budget: int = 512
+    max_context: int | None = None  # Llama-3.2's 131k positions: never the limit here
 
     def __post_init__(self) -> None:
         assert self.codec.codes_per_frame == TOKENS_PER_FRAME
@@ -169,6 +173,11 @@ class OrpheusModel:
         self._layout = TokenLayout.contiguous(
             AUDIO_TOKEN_BASE, CODEBOOK_SIZE, TOKENS_PER_FRAME, sorted(self.stop_tokens)
         )
+
+    @property
+    def default_params(self) -> GenerationParams:
+        """The Orpheus reference's sampling (temperature 0.6, top-p 0.8, repetition penalty 1.3)."""
+        return GenerationParams()
 
     @property
     def token_layout(self) -> TokenLayout:

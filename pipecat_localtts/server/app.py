@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from fastapi.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pipecat_localtts.chunking import AdaptiveChunker, ChunkerConfig, fit_pieces, is_speakable, split_text, well_formed
-from pipecat_localtts.engine.batched import PROMPT_BUDGET, BatchedEngine
+from pipecat_localtts.engine.batched import BatchedEngine
 from pipecat_localtts.engine.request import Request
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import EngineClosedError, UnknownVoiceError
@@ -72,7 +72,9 @@ OPENAI_VOICES = {
     "verse": "leo",
 }
 FORMATS = {"pcm": "audio/pcm", "wav": "audio/wav"}
-_PARAM_TYPES = {"temperature": float, "top_p": float, "repetition_penalty": float, "seed": int, "max_tokens": int}
+_PARAM_TYPES = {
+    "temperature": float, "top_p": float, "top_k": int, "repetition_penalty": float, "seed": int, "max_tokens": int,
+}  # fmt: skip
 
 
 @dataclass
@@ -89,7 +91,7 @@ class ServerConfig:
     client_timeout: float = 20.0  # seconds a client may take to accept one piece of audio
     retry_after: int = 1  # seconds, in 503 answers
     edge_fade_ms: float = 5.0
-    params: GenerationParams = field(default_factory=GenerationParams)
+    params: GenerationParams | None = None  # sampling defaults; None: the model family's
     chunking: ChunkerConfig = field(default_factory=ChunkerConfig)
     voice_aliases: Mapping[str, str] = field(default_factory=lambda: dict(OPENAI_VOICES))
 
@@ -214,9 +216,9 @@ class TTSServer:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
                 raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             overrides[name] = kind(value)
+        base = self.config.params or (self.engine.model.default_params if self.engine else GenerationParams())
         if "max_tokens" in overrides:
-            overrides["max_tokens"] = min(overrides["max_tokens"], self.config.params.max_tokens)
-        base = self.config.params
+            overrides["max_tokens"] = min(overrides["max_tokens"], base.max_tokens)
         try:
             from dataclasses import replace
 
@@ -231,7 +233,7 @@ class TTSServer:
     def fit(self, chunk: str, voice: str) -> list[str]:
         assert self.engine is not None
         model = self.engine.model
-        pieces = fit_pieces(chunk, lambda piece: len(model.build_prompt(piece, voice)) <= PROMPT_BUDGET)
+        pieces = fit_pieces(chunk, lambda piece: len(model.build_prompt(piece, voice)) <= model.prompt_budget)
         return [piece for piece in pieces if is_speakable(piece)]
 
     def open_stream(self, voice: str, params: GenerationParams) -> SpeechStream | None:
