@@ -101,7 +101,7 @@ def livekit_config(
     return LiveKitConfig(url=url, token=token, room=room, user_token=user_token)
 
 
-def build_tts(model: str | object | None = None, *, voice: str = "tara", **kwargs):
+def build_tts(model: str | object | None = None, *, voice: str | None = None, **kwargs):
     """LocalTTSService at SNAC's native 24 kHz (the transport resamples if it must), or,
     with LOCALTTS_SERVER_URL set, LocalTTSWebsocketService speaking through that server."""
     remote = remote_tts_from_env(voice=voice, sample_rate=24000)
@@ -214,7 +214,7 @@ def build_worker(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="hub id, directory or 'tiny' (default: $LOCALTTS_MODEL or Orpheus)")
-    parser.add_argument("--voice", default="tara")
+    parser.add_argument("--voice", default=None, help="voice (default: the model's first, e.g. tara)")
     parser.add_argument("--url", default=None, help="LiveKit URL (default: $LIVEKIT_URL)")
     parser.add_argument("--room", default=None, help="room name (default: $LIVEKIT_ROOM_NAME or 'localtts')")
     parser.add_argument("--greeting", default=GREETING)

@@ -21,7 +21,7 @@ Environment (all optional):
     LOCALTTS_SERVER_URL  speak through ``pipecat-localtts serve`` at this URL instead of a model
                       in this process (LOCALTTS_API_KEY: its key); no model is loaded then
     LOCALTTS_MODEL    hub id, checkpoint directory or "tiny" (``--model`` wins)
-    LOCALTTS_VOICE    voice, default tara (``--voice`` wins)
+    LOCALTTS_VOICE    voice, default the model's first (tara for Orpheus; ``--voice`` wins)
     LOCALTTS_DEVICE   torch device, default CUDA when available (``--device`` wins)
     OPENAI_API_KEY    the LLM is enabled when this or OPENAI_BASE_URL is set; any
     OPENAI_BASE_URL   OpenAI-compatible endpoint works (vLLM, Ollama, llama.cpp server...)
@@ -46,7 +46,7 @@ import asyncio
 import os
 import sys
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -89,9 +89,9 @@ class BotConfig:
     """What a bot is made of. ``llm_model``/``stt_model`` ``None`` = that service is off."""
 
     model: str = "canopylabs/orpheus-3b-0.1-ft"
-    voice: str = "tara"
+    voice: str | None = None  # None: the model's first (Orpheus: tara)
     device: str | None = None
-    params: GenerationParams = field(default_factory=GenerationParams)
+    params: GenerationParams | None = None  # None: the model family's sampling
     greeting: str = GREETING
     system_prompt: str = SYSTEM_PROMPT
     llm_model: str | None = None

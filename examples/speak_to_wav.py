@@ -67,20 +67,19 @@ class WavWriter(FrameProcessor):
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="canopylabs/orpheus-3b-0.1-ft", help="hub id, directory or 'tiny'")
-    parser.add_argument("--voice", default="tara")
+    parser.add_argument(
+        "--model", default="canopylabs/orpheus-3b-0.1-ft",
+        help="hub id or directory (Orpheus or NeuTTS), or 'tiny' / 'tiny-neutts' (random weights: noise)",
+    )  # fmt: skip
+    parser.add_argument("--voice", default=None, help="voice (default: the model's first, e.g. tara)")
     parser.add_argument("--out", default="reply.wav")
     args = parser.parse_args()
 
     tts = remote_tts_from_env(voice=args.voice)  # LOCALTTS_SERVER_URL set: the server speaks
     if tts is None:
-        if args.model == "tiny":
-            from pipecat_localtts.testing import tiny_orpheus
+        from pipecat_localtts.testing import model_from_spec
 
-            model = tiny_orpheus()
-        else:
-            model = args.model
-        tts = LocalTTSService(model=model, voice=args.voice)
+        tts = LocalTTSService(model=model_from_spec(args.model), voice=args.voice)
         await tts.load()  # pay the load time before the pipeline starts
 
     worker = PipelineWorker(Pipeline([tts, WavWriter(args.out)]), params=PipelineParams())

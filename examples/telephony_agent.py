@@ -30,7 +30,7 @@ Environment:
     LOCALTTS_SERVER_URL   speak through ``pipecat-localtts serve`` at this URL instead of a model
                           in this process (LOCALTTS_API_KEY: its key); LOCALTTS_MODEL is then unused
     LOCALTTS_MODEL        hub id, local directory or ``tiny`` (default: canopylabs/orpheus-3b-0.1-ft)
-    LOCALTTS_VOICE        voice (default: tara)
+    LOCALTTS_VOICE        voice (default: the model's first, tara for Orpheus)
     LOCALTTS_DEVICE       torch device (default: CUDA when available)
     GREETING              what the bot says when the call starts
     OPENAI_API_KEY        enables the conversation: LLM + STT (OpenAI or any compatible server)
@@ -88,7 +88,7 @@ SYSTEM_PROMPT = os.environ.get(
     "You are a friendly assistant on a phone call. Answer in one or two short spoken "
     "sentences, without lists, markdown or emoji.",
 )
-GENERATION_PARAMS = GenerationParams()
+GENERATION_PARAMS: GenerationParams | None = None  # None: the model family's sampling
 
 _model: OrpheusModel | None = None
 _model_lock = asyncio.Lock()
@@ -221,7 +221,7 @@ async def run_call(websocket: WebSocket, stream_sid: str, call_sid: str) -> None
             serializer=serializer,
         ),
     )
-    voice = os.environ.get("LOCALTTS_VOICE", "tara")
+    voice = os.environ.get("LOCALTTS_VOICE") or None  # None: the model's first
     # LOCALTTS_SERVER_URL set: speak through that server (no model in this process).
     tts = remote_tts_from_env(voice=voice, params=GENERATION_PARAMS) or LocalTTSService(
         model=await get_model(), voice=voice, params=GENERATION_PARAMS

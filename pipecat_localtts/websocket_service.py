@@ -44,8 +44,9 @@ class LocalTTSWebsocketService(WebsocketTTSService):
         url: The server's WebSocket URL, ``ws://host:8000/v1/audio/stream`` (an ``http(s)://``
             base URL is completed to it).
         api_key: Sent as ``Authorization: Bearer KEY`` (the server's ``--api-key``); never logged.
-        voice: Voice name (a model voice, or an alias the server accepts).
-        params: Sampling sent with each context (temperature, top_p, repetition_penalty, seed,
+        voice: Voice name (a model voice, or an alias the server accepts); ``None``: the
+            server's default voice.
+        params: Sampling sent with each context (temperature, top_p, top_k, repetition_penalty, seed,
             max_tokens); ``None``: the server's defaults. The max-token guard is the server's.
         connect_timeout: Seconds to open the connection and get the server's ``ready``.
         first_audio_timeout: Seconds a context may wait for the server's first audio (a busy
@@ -66,7 +67,7 @@ class LocalTTSWebsocketService(WebsocketTTSService):
         *,
         url: str,
         api_key: str | None = None,
-        voice: str = "tara",
+        voice: str | None = None,
         params: GenerationParams | None = None,
         connect_timeout: float = 10.0,
         first_audio_timeout: float = 30.0,
@@ -80,7 +81,7 @@ class LocalTTSWebsocketService(WebsocketTTSService):
         if not url.startswith(("ws://", "wss://", "http://", "https://")):
             raise ValueError(f"url must start with ws://, wss://, http:// or https://, got {url!r}")
         check_type("api_key", api_key, (str, type(None)), "a str or None")
-        check_type("voice", voice, str, "a voice name (str)")
+        check_type("voice", voice, (str, type(None)), "a voice name (str) or None")
         check_type("params", params, (GenerationParams, type(None)), "a GenerationParams or None")
         for name, value in (("connect_timeout", connect_timeout), ("first_audio_timeout", first_audio_timeout)):
             check_number(name, value, "a finite number > 0")
@@ -176,7 +177,7 @@ class LocalTTSWebsocketService(WebsocketTTSService):
             await websocket.close()
             raise ConnectionError(f"server refused the connection: {ready.get('message', ready)}")
         self._server_rate = int(ready["sample_rate"])
-        if self._settings.voice not in ready.get("voices", ()):
+        if self._settings.voice is not None and self._settings.voice not in ready.get("voices", ()):
             logger.debug(f"{self}: voice {self._settings.voice!r} is not a model voice; the server may alias it")
         return websocket
 
@@ -295,10 +296,13 @@ class LocalTTSWebsocketService(WebsocketTTSService):
         await self._websocket.send(json.dumps(message))
 
     def _context_settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {"voice": str(self._settings.voice)}
+        # No voice: the server's default (its --voice, or the model's first).
+        settings: dict[str, Any] = {} if self._settings.voice is None else {"voice": str(self._settings.voice)}
         if self._params is not None:
             p = self._params
-            settings.update(temperature=p.temperature, top_p=p.top_p, repetition_penalty=p.repetition_penalty)
+            settings.update(
+                temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, repetition_penalty=p.repetition_penalty
+            )
             settings["max_tokens"] = p.max_tokens
             if p.seed is not None:
                 settings["seed"] = p.seed
@@ -361,7 +365,7 @@ SERVER_KEY_ENV = "LOCALTTS_API_KEY"
 
 
 def remote_tts_from_env(
-    *, voice: str = "tara", params: GenerationParams | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
+    *, voice: str | None = None, params: GenerationParams | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
 ) -> LocalTTSWebsocketService | None:
     """A :class:`LocalTTSWebsocketService` for ``$LOCALTTS_SERVER_URL`` (key ``$LOCALTTS_API_KEY``),
     or ``None`` when the variable is unset: the examples' one switch from an in-process model

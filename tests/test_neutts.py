@@ -443,3 +443,35 @@ def test_cli_says_with_the_tiny_neutts_model_and_a_saved_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown voice 'tara'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------ the server
+
+
+def test_the_server_speaks_neutts_with_its_sampling_defaults_to_the_openai_sdk():
+    import openai
+    from server_harness import RunningServer, pcm_diff, solo_pcm
+
+    def load() -> BatchedEngine:
+        engine = BatchedEngine(tiny_neutts(seed=4), max_batch=2, max_tokens=400)
+        engine.start()
+        return engine
+
+    with RunningServer(load, model_name="neutts", params=None) as server:
+        tts = server.tts
+        params = tts.params({"seed": 3, "max_tokens": 60})
+        assert (params.temperature, params.top_k, params.repetition_penalty) == (1.0, 50, 1.0)  # NeuTTS's
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with client.audio.speech.with_streaming_response.create(
+            model="neutts", voice="ref", input="Hello from the server.", response_format="pcm",
+            extra_body={"seed": 3, "max_tokens": 60},
+        ) as response:  # fmt: skip
+            assert response.status_code == 200 and response.headers["x-sample-rate"] == "24000"
+            data = b"".join(response.iter_bytes())
+        server.wait_idle()
+        texts = tts.utterances("Hello from the server.", "ref")
+        expected = solo_pcm(tts.engine, texts, "ref", params, round(0.005 * 24_000))
+        assert len(data) == len(expected) == 2 * 60 * SPF  # the max_tokens cap: 60 frames
+        assert pcm_diff(data, expected) <= 4
+        with pytest.raises(openai.BadRequestError, match="unknown voice 'tara'"):
+            client.audio.speech.create(model="neutts", voice="tara", input="Hi.", response_format="pcm")
