@@ -117,3 +117,30 @@ async def test_a_pipeline_through_llama_server_with_barge_in(checkpoint, server)
     assert not p.errors, [e.error for e in p.errors]
     assert not audit.stray, audit.stray
     assert sum(len(f.audio) // 2 for f in p.audio(nxt)) == tts.requests[-1].audio_samples == 50 * SPF
+
+
+def test_a_gguf_checkpoint_loads_in_process_through_transformers(checkpoint, tmp_path):
+    """The GGUF alone (as Audar-TTS ships), with the codec and voices beside it: transformers'
+    GGUF support reads the tokenizer and the weights (f32 here: exactly the same weights)."""
+    import shutil
+
+    import torch
+
+    from pipecat_localtts.models.families import family_of
+
+    model, directory, gguf = checkpoint
+    only = tmp_path / "gguf-only"
+    only.mkdir()
+    shutil.copy(gguf, only / "nano.gguf")
+    shutil.copytree(directory / "neucodec", only / "neucodec")
+    shutil.copytree(directory / "voices", only / "voices")
+    assert family_of(str(only)).name == family_of(str(only / "nano.gguf")).name == "NeuTTS"
+    loaded = load_neutts(str(only / "nano.gguf"), device="cpu")
+    assert loaded.voices == ("ref",)
+    assert loaded.tokenizer(TEXT)["input_ids"] == model.tokenizer(TEXT)["input_ids"]
+    ours, theirs = model.lm.state_dict(), loaded.lm.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # No transformers config to say "bpe": a GGUF checkpoint reads phonemes, as the published ones.
+    assert loaded.phonemize is not None
+    plain = NeuTTSModel(lm=loaded.lm, tokenizer=loaded.tokenizer, codec=loaded.codec, references=loaded.references)
+    assert plain.build_prompt(TEXT, "ref") == model.build_prompt(TEXT, "ref")

@@ -445,7 +445,10 @@ def load_neutts(
     """Load a NeuTTS checkpoint, its NeuCodec decoder and its voices.
 
     Args:
-        model: Hub id or local directory of the checkpoint (Qwen2 + the NeuTTS tokenizer).
+        model: Hub id or local directory of the checkpoint (Qwen2 or Llama + the NeuTTS
+            tokenizer), or a GGUF checkpoint: a ``.gguf`` file, or a directory holding one and
+            no ``config.json`` (read by transformers' GGUF support, dequantised; needs the
+            ``gguf`` and ``accelerate`` packages: ``pip install 'pipecat-localtts[neutts]'``).
         device: Torch device; ``None`` picks CUDA when available.
         dtype: LM weight dtype; ``None`` picks bf16 on CUDA, fp32 on CPU.
         voices: Voice name → ``NeuTTSVoice`` or ``(codes, transcript)`` (codes: ``.pt`` /
@@ -468,7 +471,19 @@ def load_neutts(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     local = Path(model).expanduser()
-    offline = {"local_files_only": True} if hub_offline() else {}
+    offline: dict[str, Any] = {"local_files_only": True} if hub_offline() else {}
+    gguf = _gguf_file(local)
+    if gguf is not None:
+        local = gguf.parent
+        offline["gguf_file"] = gguf.name
+        for package in ("gguf", "accelerate"):
+            try:
+                __import__(package)
+            except ImportError as e:
+                raise ModelLoadError(
+                    f"{gguf}: a GGUF checkpoint needs the {package!r} package "
+                    "(pip install 'pipecat-localtts[neutts]')"
+                ) from e
     if local.is_dir():
         model = str(local)
         if codec is None and (local / "neucodec" / "config.json").is_file():
@@ -505,6 +520,29 @@ def load_neutts(
                        phonemize=phonemize, name=model)  # fmt: skip
 
 
+def _gguf_file(path: Path) -> Path | None:
+    """The GGUF checkpoint ``path`` names: the file itself, or the one ``.gguf`` of a directory
+    without a transformers ``config.json``."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        files = sorted(path.glob("*.gguf"))
+        if files:
+            return files[0]
+    return None
+
+
+def _gguf_holds(path: Path, needles: tuple[bytes, ...], limit: int = 64 << 20) -> bool:
+    """Whether the head of a GGUF file (its metadata: the vocabulary comes before the
+    tensors) holds every needle."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(limit)
+    except OSError:
+        return False
+    return head[:4] == b"GGUF" and all(n in head for n in needles)
+
+
 def is_neutts_checkpoint(model: str) -> bool:
     """Whether a local directory or hub id holds a NeuTTS checkpoint: a known hub id, or a
     tokenizer with the NeuTTS markers (read from ``tokenizer.json`` / ``added_tokens.json``
@@ -512,6 +550,10 @@ def is_neutts_checkpoint(model: str) -> bool:
     if model in LANGUAGES:
         return True
     local = Path(model).expanduser()
+    gguf = _gguf_file(local)
+    if gguf is not None:
+        speech = SPEECH_TOKEN.format(0).encode()
+        return any(_gguf_holds(gguf, (marker.encode(), speech)) for marker in (SPEECH_GENERATION_START, TARGET_CODES_START))
     if not local.is_dir():
         return model.startswith(("neuphonic/neutts", "audarai/audar"))
     for name in ("added_tokens.json", "tokenizer.json", "tokenizer_config.json"):
