@@ -26,7 +26,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipecat_localtts.codecs.base import StreamingCodec
     from pipecat_localtts.engine.sampling import GenerationParams
 
-__all__ = ["FrameParser", "SpeechModel", "TokenLayout"]
+__all__ = ["CodecDevice", "FrameParser", "SpeechModel", "TokenLayout"]
+
+
+class CodecDevice:
+    """The device and audio properties every family derives the same way from ``lm`` and
+    ``codec`` (a mixin of the model dataclasses)."""
+
+    lm: Any
+    codec: Any
+
+    @property
+    def device(self) -> torch.device:
+        """The device the language model lives on (the codec's when the LM runs on a server)."""
+        if self.lm is None:
+            return self.codec.device
+        return next(self.lm.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate of the audio the codec produces."""
+        return self.codec.sample_rate
+
+    @property
+    def frame_seconds(self) -> float:
+        """Audio seconds per codec frame."""
+        return self.codec.samples_per_frame / self.codec.sample_rate
 
 
 @dataclass(frozen=True)

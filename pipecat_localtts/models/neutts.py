@@ -39,7 +39,7 @@ from loguru import logger
 from pipecat_localtts.chunking import text_width
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import ModelLoadError, UnknownVoiceError
-from pipecat_localtts.models.base import TokenLayout
+from pipecat_localtts.models.base import CodecDevice, TokenLayout
 
 if TYPE_CHECKING:
     import torch
@@ -286,7 +286,7 @@ class NeuTTSFrameParser:
 
 
 @dataclass
-class NeuTTSModel:
+class NeuTTSModel(CodecDevice):
     """A loaded NeuTTS checkpoint: the Qwen2 LM, its tokenizer, the NeuCodec decoder, voices.
 
     Build it with :func:`load_neutts` or :func:`pipecat_localtts.testing.tiny_neutts`.
@@ -350,20 +350,6 @@ class NeuTTSModel:
     def token_layout(self) -> TokenLayout:
         """One slot per frame: the 65,536 speech tokens; the stop token, from the 50th frame."""
         return self._layout
-
-    @property
-    def device(self) -> torch.device:
-        if self.lm is None:
-            return self.codec.device
-        return next(self.lm.parameters()).device
-
-    @property
-    def sample_rate(self) -> int:
-        return self.codec.sample_rate
-
-    @property
-    def frame_seconds(self) -> float:
-        return self.codec.samples_per_frame / self.codec.sample_rate
 
     def check_voice(self, voice: str) -> str:
         if voice not in self.references:
