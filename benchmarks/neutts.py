@@ -12,6 +12,11 @@ Measured, one run, on the same model object:
   threads): LM tokens per second (generated tokens over the LM's own step time), the
   real-time factor (wall time over audio seconds: below 1 is faster than real time), and
   the time to first audio (submit to first PCM);
+* ``components``: each half alone, nothing beside it: the LM's decode step (transformers'
+  body with the KV cache, then the candidate head: the 65,537 rows of the speech tokens and
+  the stop token, as the engine multiplies them) in tokens per second, and the codec's
+  streaming decode of 3 s of random codes with the default windows (real-time factor, and
+  the time of the first window: first audio's codec share);
 * ``server`` and ``in-process``: N concurrent calls, each speaking ``SENTENCES`` one after
   another, through ``POST /v1/audio/speech`` of the server (uvicorn in a background thread)
   and through real Pipecat pipelines with ``LocalTTSService``; aggregate audio seconds per
@@ -82,6 +87,42 @@ def _engine_runs(model, params, repeats: int) -> list[dict]:
     return rows
 
 
+def _components(model, steps: int = 60, codec_frames: int = 150) -> dict:
+    """The LM step and the streaming codec, each alone (see the module docstring)."""
+    layout = model.token_layout
+    lm = model.lm
+    head = lm.get_output_embeddings().weight[layout.union_lo : layout.union_hi]
+    prompt = model.build_prompt(SENTENCES[0], model.voices[0])
+    with torch.inference_mode():
+        cache = lm.model(torch.tensor([prompt]), use_cache=True).past_key_values
+        token = torch.tensor([[layout.union_lo]])
+        for i in range(steps + 10):
+            if i == 10:
+                t = time.perf_counter()
+            out = lm.model(token, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.last_hidden_state[:, -1] @ head.T
+            token = (logits.argmax(-1, keepdim=True) + layout.union_lo).clamp(max=layout.union_hi - 1)
+        lm_tok_s = steps / (time.perf_counter() - t)
+    codes = torch.randint(0, 65536, (codec_frames,), generator=torch.Generator().manual_seed(0))
+    stream = model.codec.stream()
+    stream.push(codes[:30])  # warm: one window
+    stream.reset()
+    t0 = time.perf_counter()
+    first_ms, samples = None, 0
+    for i in range(codec_frames):
+        pcm = stream.push(codes[i : i + 1])
+        if first_ms is None and len(pcm):
+            first_ms = 1000 * (time.perf_counter() - t0)
+        samples += len(pcm)
+    samples += len(stream.flush())
+    codec_wall = time.perf_counter() - t0
+    audio = samples / model.sample_rate
+    return {"lm_tokens_per_s": lm_tok_s, "lm_step_ms": 1000 / lm_tok_s, "codec_audio_s": audio,
+            "codec_rtf": codec_wall / audio, "codec_first_window_ms": first_ms,
+            "codec_first_window_frames": stream.first_audio_frames}  # fmt: skip
+
+
 async def _run_inprocess(model, params, n: int, max_batch: int) -> dict:
     services = [
         LocalTTSService(model=model, params=params, max_batch=max_batch, stop_frame_timeout_s=120.0) for _ in range(n)
@@ -121,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "guard_seconds_per_char", "guard_min_seconds")},
     }  # fmt: skip
     t_start = time.perf_counter()
+    comp = _components(model)
+    results["components"] = comp
+    print(f"components LM alone {comp['lm_tokens_per_s']:.1f} tok/s ({comp['lm_step_ms']:.0f} ms a step)  "
+          f"codec alone RTF {comp['codec_rtf']:.2f}, first window {comp['codec_first_window_ms']:.0f} ms "
+          f"({comp['codec_first_window_frames']} frames)", flush=True)
     rows = _engine_runs(model, params, args.repeats)
     results["engine"] = rows
     med = {k: float(np.median([r[k] for r in rows])) for k in ("lm_tokens_per_s", "rtf", "first_audio_ms", "prefill_ms")}

@@ -21,7 +21,7 @@ from pipecat_localtts.chunking import text_width
 from pipecat_localtts.codecs.snac import SNAC_24KHZ_HUB_ID, SNACCodec, hub_offline, load_snac
 from pipecat_localtts.engine.sampling import GenerationParams
 from pipecat_localtts.errors import ModelLoadError, UnknownVoiceError
-from pipecat_localtts.models.base import TokenLayout
+from pipecat_localtts.models.base import CodecDevice, TokenLayout
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +140,7 @@ class OrpheusFrameParser:
 
 
 @dataclass
-class OrpheusModel:
+class OrpheusModel(CodecDevice):
     """A loaded Orpheus checkpoint: language model, tokenizer and SNAC codec on one device.
 
     Build it with :func:`load_orpheus` (hub id or local directory) or
@@ -183,23 +183,6 @@ class OrpheusModel:
     def token_layout(self) -> TokenLayout:
         """Audio token ranges per frame slot (``<custom_token_{10 + 4096 s + code}>``) and the stop token."""
         return self._layout
-
-    @property
-    def device(self) -> torch.device:
-        """The device the language model lives on (the codec's when the LM runs on a server)."""
-        if self.lm is None:
-            return self.codec.device
-        return next(self.lm.parameters()).device
-
-    @property
-    def sample_rate(self) -> int:
-        """Sample rate of the audio the codec produces."""
-        return self.codec.sample_rate
-
-    @property
-    def frame_seconds(self) -> float:
-        """Audio seconds per frame of seven tokens."""
-        return self.codec.samples_per_frame / self.codec.sample_rate
 
     def check_voice(self, voice: str) -> str:
         """Return ``voice`` if the model knows it, else raise :class:`UnknownVoiceError`."""
