@@ -1,8 +1,8 @@
 """NeuTTS Air at its real size on this CPU: ``python benchmarks/neutts.py [--calls 1,2]``.
 
 A NeuTTS-Air-shaped random model (``tiny_neutts(shape="air", codec_shape="real")``: the
-Qwen2.5-0.5B backbone, 24 layers of 896 with NeuTTS's 217,207-token vocabulary, 0.63 B
-parameters with the tied embedding, and the real-size NeuCodec decoder, 188 M), fp32, in
+Qwen2.5-0.5B backbone, 24 layers of 896 with NeuTTS's 217,207-token vocabulary, 0.55 B
+parameters (the head tied to the embedding), and the real-size NeuCodec decoder, 188 M), fp32 (``--dtype`` for the LM), in
 the same engine, service and server as Orpheus. Timing does not depend on the weights'
 values; the audio is noise.
 
@@ -21,6 +21,10 @@ Measured, one run, on the same model object:
   another, through ``POST /v1/audio/speech`` of the server (uvicorn in a background thread)
   and through real Pipecat pipelines with ``LocalTTSService``; aggregate audio seconds per
   wall second and TTFA p50/p95, as ``benchmarks/server.py`` does for Orpheus.
+
+``--batch-steps`` measures only the engine's decode step (``LlamaRunner``: body, then the
+candidate head) at 1, 2 and 4 rows in fp32, bf16 and fp16, each row 100 tokens into its
+cache, and writes ``neutts-steps.json``: how a dtype's step grows with the batch on this CPU.
 
 Every request uses the model's own sampling defaults (NeuTTS: temperature 1, top-k 50)
 with a seed; random weights rarely sample the stop token, so each sentence runs to its
@@ -123,6 +127,36 @@ def _components(model, steps: int = 60, codec_frames: int = 150) -> dict:
             "codec_first_window_frames": stream.first_audio_frames}  # fmt: skip
 
 
+def _batch_steps(batches=(1, 2, 4), dtypes=("float32", "bfloat16", "float16"), steps: int = 10) -> list[dict]:
+    """The runner's decode step per batch size and LM dtype (see the module docstring)."""
+    from pipecat_localtts.engine.llama import LlamaRunner
+
+    model = tiny_neutts(shape="air", codec_shape="tiny")
+    layout = model.token_layout
+    rows = []
+    for name in dtypes:
+        model.lm.to(getattr(torch, name))
+        runner = LlamaRunner(model.lm, max(batches), 512, check=False)
+        head = runner.head_weight[layout.union_lo : layout.union_hi]
+        with torch.inference_mode():
+            for slot in range(max(batches)):
+                runner.prefill(slot, list(range(1000, 1100)))
+            for b in batches:
+                tokens = torch.full((b,), layout.union_lo)
+                for i in range(steps + 3):
+                    if i == 3:
+                        t = time.perf_counter()
+                    hidden = runner.decode(list(range(b)), tokens)
+                    logits = hidden @ head.T
+                step_ms = 1000 * (time.perf_counter() - t) / steps
+                rows.append({"dtype": name, "batch": b, "step_ms": step_ms, "row_tokens_per_s": 1000 / step_ms,
+                             "batch_tokens_per_s": 1000 * b / step_ms})  # fmt: skip
+                print(f"{name:9} B={b}  step {step_ms:5.0f} ms  {1000 * b / step_ms:5.1f} tok/s in all", flush=True)
+                del logits
+        del runner
+    return rows
+
+
 async def _run_inprocess(model, params, n: int, max_batch: int) -> dict:
     services = [
         LocalTTSService(model=model, params=params, max_batch=max_batch, stop_frame_timeout_s=120.0) for _ in range(n)
@@ -139,19 +173,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", default="1,2")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="LM weight dtype (the codec stays fp32); results go to neutts.json for "
+                        "float32, neutts-DTYPE.json otherwise")
+    parser.add_argument("--batch-steps", action="store_true", help="only the decode step per batch and dtype")
     args = parser.parse_args(argv)
+    if args.batch_steps:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = _batch_steps()
+        machine = {"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+        (out / "neutts-steps.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
+        return 0
     logger.remove()
     logger.add(lambda m: print(m, end=""), level="WARNING", filter=lambda r: "synthetic" not in r["message"])
     calls = [int(x) for x in args.calls.split(",")]
     t_build = time.perf_counter()
     model = tiny_neutts(shape="air", codec_shape="real")
+    model.lm.to(getattr(torch, args.dtype))
     lm_params = sum(p.numel() for p in model.lm.parameters())
     codec_params = sum(p.numel() for p in (*model.codec.quantizer.parameters(), *model.codec.decoder.parameters()))
     # Two seconds of audio a sentence at most: the random LM rarely stops by itself.
     params = replace(model.default_params, guard_seconds_per_char=0.05, guard_min_seconds=1.0)
     print(f"built in {time.perf_counter() - t_build:.0f} s: LM {lm_params / 1e6:.0f} M, codec {codec_params / 1e6:.0f} M")
     results = {
-        "model": {"lm_parameters": lm_params, "codec_parameters": codec_params, "dtype": "float32",
+        "model": {"lm_parameters": lm_params, "codec_parameters": codec_params, "dtype": args.dtype,
                   "config": {k: getattr(model.lm.config, k) for k in (
                       "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                       "intermediate_size", "vocab_size")}},
@@ -189,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     results["benchmark_wall_s"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "neutts.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'neutts.json'} ({results['benchmark_wall_s']:.0f} s)")
+    name = "neutts.json" if args.dtype == "float32" else f"neutts-{args.dtype}.json"
+    (out / name).write_text(json.dumps(results, indent=1))
+    print(f"wrote {out / name} ({results['benchmark_wall_s']:.0f} s)")
     return 0
 
 
