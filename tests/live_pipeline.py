@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
+    TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
 )
@@ -129,6 +130,16 @@ class LivePipeline:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
             await asyncio.sleep(0.01)
+
+    async def speak(self, text: str, timeout: float = 60.0) -> str:
+        """Send ``TTSSpeakFrame(text)`` as the next turn and wait until its context has been
+        spoken (started within 30 s, stopped within ``timeout``); returns the context id."""
+        count = len(self.started_contexts())
+        await self.send(TTSSpeakFrame(text))
+        await self.until(lambda: len(self.started_contexts()) > count, 30, "the next turn's context")
+        context = self.started_contexts()[count]
+        await self.until(lambda: self.stopped(context), timeout, "the next turn")
+        return context
 
     async def until_stalled(self, predicate: Callable[[], bool], stall: float, what: str) -> None:
         """Wait until ``predicate()`` holds; fail once no frame has come out for ``stall``

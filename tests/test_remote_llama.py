@@ -177,10 +177,8 @@ async def test_a_pipeline_through_llama_server_with_barge_in_releases_the_slot(c
         cancelled = [r for r in tts.requests if r.finish_reason == "cancelled"]
         assert cancelled
         # A normal next turn speaks.
-        await p.send(TTSSpeakFrame("Okay, stopping."))
-        await p.until(lambda: len(p.started_contexts()) == 3, 30, "the next turn's context")
-        nxt = p.started_contexts()[2]
-        await p.until(lambda: p.stopped(nxt), 120, "the next turn")
+        nxt = await p.speak("Okay, stopping.", timeout=120)
+        assert len(p.started_contexts()) == 3
     assert not p.errors, [e.error for e in p.errors]
     assert not audit.stray, audit.stray
     assert p.audio(nxt)
